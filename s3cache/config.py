@@ -1,0 +1,177 @@
+"""Configuration: every S3CACHE_* variable, read once from the environment into one object.
+
+``SETTINGS`` is the single list of variables; ``.env.example`` and README's
+table are checked against it by the tests.  A bad value raises ``ConfigError``
+whose message is one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """One line, naming the offending variable."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _host_port(value: str) -> HostPort:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"expected HOST:PORT with a host, got {value!r}")
+    return HostPort(host, int(port))
+
+
+def _upstream(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s):// URL, got {value!r}")
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError(f"expected scheme://host[:port] only, got {value!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _optional_positive_int(value: str) -> int | None:
+    return _positive_int(value) if value else None
+
+
+def _percent(value: str) -> float:
+    n = float(value)
+    if not 0 < n <= 100:
+        raise ValueError(f"expected a percentage in (0, 100], got {value!r}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    n = float(value)
+    if n <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return n
+
+
+def _cidrs(value: str) -> tuple:
+    nets = tuple(ipaddress.ip_network(v.strip(), strict=False) for v in value.split(",") if v.strip())
+    if not nets:
+        raise ValueError("expected at least one CIDR")
+    return nets
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+    attr: str = field(default="")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("S3CACHE_UPSTREAM", "https://s3.amazonaws.com", _upstream,
+            "S3 endpoint that misses are redirected to and fetched from (scheme://host[:port])."),
+    Setting("S3CACHE_LISTEN", "127.0.0.1:8080", _host_port,
+            "Address Caddy (the front door) listens on."),
+    Setting("S3CACHE_SIDECAR_LISTEN", "127.0.0.1:8081", _host_port,
+            "Address of the sidecar (misses, health); keep it private."),
+    Setting("S3CACHE_DIR", "./cache", str,
+            "Cache directory (objects/, meta/, tmp/ ... live inside)."),
+    Setting("S3CACHE_MAX_OBJECT_BYTES", "", _optional_positive_int,
+            "Objects larger than this are never cached (empty: no limit)."),
+    Setting("S3CACHE_FILL_WORKERS", "4", _positive_int,
+            "Background fetches running at once."),
+    Setting("S3CACHE_FILL_TIMEOUT", "60", _positive_float,
+            "Seconds a fetch may stall (connect or between reads) before it is abandoned."),
+    Setting("S3CACHE_EVICT_HIGH", "90", _percent,
+            "Start evicting when usage exceeds this percent."),
+    Setting("S3CACHE_EVICT_LOW", "80", _percent,
+            "Evict until usage is below this percent."),
+    Setting("S3CACHE_EVICT_INTERVAL", "60", _positive_float,
+            "Seconds between eviction passes."),
+    Setting("S3CACHE_MAX_BYTES", "", _optional_positive_int,
+            "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only."),
+)
+
+
+def _attr(setting: Setting) -> str:
+    return setting.name.removeprefix("S3CACHE_").lower()
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: str
+    listen: HostPort
+    sidecar_listen: HostPort
+    dir: str
+    max_object_bytes: int | None
+    fill_workers: int
+    fill_timeout: float
+    evict_high: float
+    evict_low: float
+    evict_interval: float
+    max_bytes: int | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            raw = env.get(s.name, s.default).strip()
+            try:
+                values[_attr(s)] = s.parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{s.name}: {exc}") from None
+        if values["evict_low"] >= values["evict_high"]:
+            raise ConfigError(
+                f"S3CACHE_EVICT_LOW: must be below S3CACHE_EVICT_HIGH "
+                f"({values['evict_low']:g} >= {values['evict_high']:g})")
+        values["dir"] = os.path.abspath(values["dir"])
+        return cls(**values)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse a docker-compose style ``.env`` file: KEY=VALUE, # comments, optional quotes.
+
+    Hand-written rather than python-dotenv because the runtime is kept to
+    flask, waitress, requests and schedule; the format we accept is the small
+    subset that docker compose also reads.
+    """
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[len("export "):].lstrip()
+            key, sep, value = line.partition("=")
+            key = key.strip()
+            if not sep or not key.isidentifier():
+                raise ConfigError(f"{path}:{lineno}: expected KEY=VALUE, got {line!r}")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            elif " #" in value:
+                value = value.split(" #", 1)[0].rstrip()
+            values[key] = value
+    return values

@@ -1,0 +1,76 @@
+"""The sidecar's Flask app: thin routes over miss planning, fills and health.
+
+Caddy only sends us what it could not serve from disk.  Every route answers
+at once; the work behind a miss (the fill) runs in the background pool.  No
+traceback ever reaches a client: unexpected errors become an S3-style 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+
+from s3cache.config import Config
+from s3cache.layout import Layout
+from s3cache.request_path import BadRequest
+from sidecar import health, pages
+from sidecar.fill import Filler
+from sidecar.miss import plan_miss
+from sidecar.s3errors import error_response
+
+log = logging.getLogger("sidecar")
+
+# Caddy passes the URI exactly as the client sent it in this header; waitress's
+# REQUEST_URI is the fallback when the sidecar is reached directly.
+RAW_URI_HEADER = "X-S3cache-Uri"
+
+
+def raw_request_uri() -> str:
+    return request.headers.get(RAW_URI_HEADER) or request.environ.get("REQUEST_URI") or request.full_path
+
+
+def create_app(config: Config, filler: Filler | None = None) -> Flask:
+    app = Flask(__name__)
+    layout = Layout(config.dir)
+    layout.ensure()
+    filler = filler or Filler(layout, workers=config.fill_workers, timeout=config.fill_timeout,
+                              max_object_bytes=config.max_object_bytes)
+    app.extensions["s3cache"] = {"config": config, "layout": layout, "filler": filler}
+
+    @app.before_request
+    def dispatch() -> Response:
+        # Dispatch on the raw URI ourselves: Werkzeug's routing would merge
+        # '//' and decode the path, and S3 keys need every byte as sent.
+        raw_uri = raw_request_uri()
+        path = raw_uri.partition("?")[0]
+        if path in ("/", "/_s3cache", "/_s3cache/"):
+            return pages.root_page(config)
+        if path == "/_s3cache/health":
+            return health.health_response(config, layout, filler)
+        if path.startswith("/_s3cache/"):
+            return error_response(404, "NoSuchKey", "No such s3cache endpoint.", path)
+        return answer_miss(raw_uri)
+
+    def answer_miss(raw_uri: str) -> Response:
+        try:
+            plan = plan_miss(request.method, raw_uri, request.headers, config, layout)
+        except BadRequest as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        if plan.fill is not None:
+            filler.submit(plan.fill, plan.location)
+        else:
+            log.debug("redirect only (%s): %s", plan.why_not, raw_uri.partition("?")[0])
+        resp = Response(status=307)
+        resp.headers["Location"] = plan.location
+        resp.headers["X-Cache"] = "MISS"
+        # The next request for this object should reach us again (and hit).
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "InternalError", "We encountered an internal error. Please try again.")
+
+    return app

@@ -1,0 +1,300 @@
+"""Background fills: fetch one object from S3 into the cache, at most once at a time.
+
+The protocol, shared with the evictor through ``s3cache.layout``:
+
+1. ``tmp/<sha256>.part`` is opened and ``flock``-ed (non-blocking).  The lock is
+   the only "a fill is running" marker: the kernel drops it when the process
+   dies, so nothing can go stale.  Whoever fails to get it leaves the fill to
+   the holder, in this process or another.
+2. The body streams into that temp file (same filesystem as ``objects/``,
+   outside the served tree).  Only a ``200`` whose length equals
+   ``Content-Length`` and, for a plain-MD5 ETag, whose MD5 matches, is kept.
+3. Metadata goes to ``meta/`` first, then the object is renamed into
+   ``objects/`` atomically: Caddy sees either nothing or the whole file.
+
+Anything else (non-200, truncation, mismatch, timeout, a kill) leaves nothing
+that is ever served; a dead fill's temp file is reused by the next fill and
+swept by the evictor.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+
+from s3cache.layout import Layout, ObjectRef
+
+log = logging.getLogger("sidecar.fill")
+
+CHUNK = 1 << 20
+# Misses waiting for a worker beyond this are not queued (the client was
+# redirected anyway; a later miss will try again).
+MAX_PENDING = 1024
+
+# Response headers worth keeping: what a hit should answer with (S3 fidelity).
+KEPT_HEADERS = (
+    "content-type", "content-encoding", "content-disposition", "content-language",
+    "cache-control", "expires", "etag", "last-modified", "x-amz-version-id",
+    "x-amz-server-side-encryption", "x-amz-storage-class",
+)
+
+
+class FillFailed(Exception):
+    """The fetched response must not be cached; the message says why (a metrics label)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FillResult:
+    outcome: str  # "filled", "cached" (already there), "busy" (another fill holds it), "failed"
+    reason: str = ""
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _plain_md5_etag(etag: str | None) -> str | None:
+    value = (etag or "").strip().strip('"').lower()
+    if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class _FillLock:
+    """The flock on the temp file; ``None`` from ``acquire`` means another fill holds it."""
+
+    @staticmethod
+    def acquire(path: str) -> int | None:
+        # The evictor may unlink a dead fill's temp file between our open and
+        # our flock; then we would hold a lock on an orphan inode.  Re-check
+        # that the path still names the inode we locked, and retry if not.
+        for _ in range(5):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                st_path = os.stat(path)
+            except FileNotFoundError:
+                st_path = None
+            st_fd = os.fstat(fd)
+            if st_path and (st_path.st_ino, st_path.st_dev) == (st_fd.st_ino, st_fd.st_dev):
+                return fd
+            os.close(fd)
+        raise FillFailed("lock", "temp file kept changing under us")
+
+
+def _makedirs(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FillFailed("conflict", "a parent of the key is a cached object") from None
+
+
+def _rename_into(src: str, dst: str) -> None:
+    # The evictor may remove an empty parent directory between our makedirs
+    # and the rename; recreate it and try again.
+    for _ in range(5):
+        _makedirs(os.path.dirname(dst))
+        if os.path.isdir(dst):
+            raise FillFailed("conflict", "the key is a directory of other cached keys")
+        try:
+            os.rename(src, dst)
+            return
+        except FileNotFoundError:
+            continue
+        except (IsADirectoryError, NotADirectoryError):
+            raise FillFailed("conflict", "the key clashes with another cached key") from None
+    raise FillFailed("conflict", "parent directory kept disappearing")
+
+
+class Filler:
+    """A bounded pool of fill workers, one fill per object at a time."""
+
+    def __init__(self, layout: Layout, *, workers: int, timeout: float, max_object_bytes: int | None,
+                 session: requests.Session | None = None):
+        self.layout = layout
+        self.timeout = timeout
+        self.max_object_bytes = max_object_bytes
+        self.session = session or requests.Session()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fill")
+        self._lock = threading.Lock()
+        self._pending: set[ObjectRef] = set()
+        self.in_progress = 0
+        self.outcomes: Counter[str] = Counter()  # "filled", "failed:<reason>", "busy", ...
+        self.bytes_filled = 0
+        self.durations: list[float] = []  # bounded; for the fill-duration histogram
+
+    # -- scheduling -----------------------------------------------------------------
+
+    def submit(self, ref: ObjectRef, url: str) -> bool:
+        """Queue a fill unless one for ``ref`` is already queued here; False if not queued."""
+        with self._lock:
+            if ref in self._pending:
+                return False
+            if len(self._pending) >= MAX_PENDING:
+                self.outcomes["dropped:queue-full"] += 1
+                log.warning("fill queue full (%d); not filling %s", MAX_PENDING, ref.name)
+                return False
+            self._pending.add(ref)
+        self._pool.submit(self._run, ref, url)
+        return True
+
+    def _run(self, ref: ObjectRef, url: str) -> None:
+        with self._lock:
+            self.in_progress += 1
+        try:
+            result = self.fill(ref, url)
+        except Exception:  # a bug must not kill the worker thread silently
+            log.exception("fill of %s crashed", ref.name)
+            result = FillResult("failed", "internal")
+        finally:
+            with self._lock:
+                self.in_progress -= 1
+                self._pending.discard(ref)
+        with self._lock:
+            key = result.outcome if result.outcome != "failed" else f"failed:{result.reason}"
+            self.outcomes[key] += 1
+            if result.outcome == "filled":
+                self.bytes_filled += result.bytes
+                self.durations.append(result.seconds)
+                del self.durations[:-10000]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one fill ---------------------------------------------------------------------
+
+    def fill(self, ref: ObjectRef, url: str) -> FillResult:
+        """Fetch ``url`` into the cache entry for ``ref``; synchronous."""
+        started = time.monotonic()
+        final = str(self.layout.object_path(ref))
+        if os.path.isfile(final):
+            return FillResult("cached")
+        tmp = str(self.layout.temp_path(ref))
+        fd = _FillLock.acquire(tmp)
+        if fd is None:
+            return FillResult("busy")
+        meta_written = None
+        try:
+            if os.path.isfile(final):  # finished by another fill since our first look
+                os.unlink(tmp)
+                return FillResult("cached")
+            os.ftruncate(fd, 0)
+            headers, size = self._download(url, fd)
+            meta_written = self._write_meta(ref, headers, size)
+            last_modified = _http_date(headers.get("last-modified"))
+            now = time.time()
+            os.utime(fd, (now, last_modified or now))
+            _rename_into(tmp, final)
+            seconds = time.monotonic() - started
+            log.info("filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
+            return FillResult("filled", bytes=size, seconds=seconds)
+        except FillFailed as exc:
+            self._discard(tmp, meta_written)
+            log.warning("not caching %s: %s", ref.name, exc)
+            return FillResult("failed", exc.reason)
+        except (requests.RequestException, OSError) as exc:
+            self._discard(tmp, meta_written)
+            reason = "timeout" if isinstance(exc, requests.Timeout) else (
+                "disk" if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) else "error")
+            log.warning("not caching %s: %s: %s", ref.name, reason, exc)
+            return FillResult("failed", reason)
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _download(self, url: str, fd: int) -> tuple[dict[str, str], int]:
+        with self.session.get(url, stream=True, timeout=(self.timeout, self.timeout),
+                              allow_redirects=False, headers={"Accept-Encoding": "identity"}) as resp:
+            if resp.status_code != 200:
+                raise FillFailed(f"status-{resp.status_code}")
+            headers = {k.lower(): v for k, v in resp.headers.items()}
+            length = headers.get("content-length", "")
+            if not length.isdigit():
+                raise FillFailed("no-length", "response has no Content-Length")
+            expected = int(length)
+            if self.max_object_bytes is not None and expected > self.max_object_bytes:
+                raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
+            if "x-amz-server-side-encryption-customer-algorithm" in headers:
+                raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
+            # SSE-KMS ETags are not the MD5 of the body.
+            md5_expected = None if "aws:kms" in headers.get("x-amz-server-side-encryption", "") \
+                else _plain_md5_etag(headers.get("etag"))
+            digest = hashlib.md5() if md5_expected else None
+            size = 0
+            with open(fd, "wb", closefd=False, buffering=0) as out:
+                while True:
+                    # decode_content=False: cache the bytes S3 stored, gzip or not.
+                    chunk = resp.raw.read(CHUNK, decode_content=False)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > expected:
+                        raise FillFailed("length-mismatch", "more bytes than Content-Length")
+                    out.write(chunk)
+                    if digest:
+                        digest.update(chunk)
+            if size != expected:
+                raise FillFailed("truncated", f"{size} of {expected} bytes")
+            if digest and digest.hexdigest() != md5_expected:
+                raise FillFailed("md5-mismatch", "body does not match the ETag")
+            os.fsync(fd)
+            return headers, size
+
+    def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> str:
+        meta = {
+            "bucket": ref.bucket,
+            "key": ref.key,
+            "size": size,
+            "fetched_at": time.time(),
+            "headers": {k: v for k, v in headers.items() if k in KEPT_HEADERS or k.startswith("x-amz-meta-")},
+        }
+        tmp = str(self.layout.meta_temp_path(ref))
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, ensure_ascii=False)
+        dst = str(self.layout.meta_path(ref))
+        try:
+            _rename_into(tmp, dst)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return dst
+
+    @staticmethod
+    def _discard(tmp: str, meta: str | None) -> None:
+        # We still hold the lock, so the temp file is ours to remove.
+        _unlink_quietly(tmp)
+        if meta:
+            _unlink_quietly(meta)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,1 @@
+"""s3cache test suite."""
