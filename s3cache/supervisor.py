@@ -45,11 +45,13 @@ class Part:
 class Supervisor:
     def __init__(self, parts: list[Part], status_file: str | None = None, out: TextIO = sys.stdout):
         self.parts = parts
+        for part in parts:
+            part.backoff = BACKOFF_FIRST
         self.status_file = status_file
         self.out = out
         self._out_lock = threading.Lock()
         self._stop = threading.Event()
-        self._width = max(len(p.name) for p in parts)
+        self._width = max(len(p.name) for p in [*parts, Part("s3cache", [], {})])
 
     # -- output ---------------------------------------------------------------------
 
@@ -131,7 +133,9 @@ class Supervisor:
         self._write_status(stopping=True)
 
     def run(self) -> int:
-        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for part in self.parts:
                 self._start(part)

@@ -1,0 +1,35 @@
+"""Shared fixtures: a signature-enforcing S3 origin (moto behind a checker) and the real stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.origin.fixture import start_origin
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory):
+    o = start_origin(tmp_path_factory.mktemp("origin"))
+    yield o
+    o.stop()
+
+
+@pytest.fixture
+def make_stack(tmp_path, origin):
+    """Factory: ``make_stack(**env)`` starts a stack in front of the origin; all are stopped afterwards."""
+    stacks = []
+
+    def make(**env) -> Stack:
+        s = Stack(tmp_path / f"stack{len(stacks)}", origin.url, **env).start()
+        stacks.append(s)
+        return s
+
+    yield make
+    for s in stacks:
+        s.stop()
+
+
+@pytest.fixture
+def stack(make_stack):
+    return make_stack()

@@ -1,0 +1,121 @@
+"""Run the real s3cache stack (`s3cache up`: Caddy + sidecar + evictor) on 127.0.0.1 for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from s3cache.layout import Layout, ObjectRef
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Stack:
+    def __init__(self, workdir: Path, upstream: str, **env: str):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.sidecar_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
+        self.cache_dir = self.workdir / "cache"
+        self.layout = Layout(self.cache_dir)
+        self.upstream = upstream
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("S3CACHE_")},
+            "S3CACHE_UPSTREAM": upstream,
+            "S3CACHE_LISTEN": f"127.0.0.1:{self.port}",
+            "S3CACHE_SIDECAR_LISTEN": f"127.0.0.1:{self.sidecar_port}",
+            "S3CACHE_DIR": str(self.cache_dir),
+            "HOME": str(self.workdir),
+            **env,
+        }
+        self.log_path = self.workdir / "stack.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "Stack":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up"], env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"s3cache up exited ({self.proc.returncode}):\n{self.log_text()}")
+            try:
+                return requests.get(self.url + "/_s3cache/health", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_until(healthy, timeout, what="the stack to become healthy")
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self._log.close()
+        return self.proc.returncode if self.proc else None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def part_pid(self, name: str) -> int:
+        parts = json.loads((self.layout.run_dir / "parts.json").read_text())["parts"]
+        return parts[name]["pid"]
+
+    # -- helpers for tests ----------------------------------------------------------
+
+    def proxied(self, url: str) -> str:
+        """The user's move: swap the S3 host for the proxy's."""
+        assert url.startswith(self.upstream), url
+        return self.url + url[len(self.upstream):]
+
+    def object_file(self, bucket: str, key: str) -> Path:
+        return self.layout.object_path(ObjectRef(bucket, key))
+
+    def wait_cached(self, bucket: str, key: str, timeout: float = 10.0) -> Path:
+        path = self.object_file(bucket, key)
+        wait_until(path.is_file, timeout, what=f"{bucket}/{key} to be cached")
+        return path
+
+    def get(self, url: str, **kw) -> requests.Response:
+        """GET through the proxy without following redirects; the URL is sent exactly as given."""
+        return raw_request("GET", url, **kw)
+
+
+def raw_request(method: str, url: str, headers: dict | None = None, timeout: float = 10) -> requests.Response:
+    """Send ``url`` byte for byte: requests would otherwise re-quote the path and query."""
+    session = requests.Session()
+    req = requests.Request(method, url, headers=headers or {}).prepare()
+    req.url = url
+    return session.send(req, allow_redirects=False, timeout=timeout)
