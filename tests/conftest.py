@@ -32,4 +32,5 @@ def make_stack(tmp_path, origin):
 
 @pytest.fixture
 def stack(make_stack):
-    return make_stack()
+    """The core proxy as issue 2 defines it: hits served by Caddy alone (S3CACHE_ACCESS=open)."""
+    return make_stack(S3CACHE_ACCESS="open")
