@@ -9,8 +9,8 @@ The protocol, shared with the evictor through ``s3cache.layout``:
 2. The body streams into that temp file (same filesystem as ``objects/``,
    outside the served tree).  Only a ``200`` whose length equals
    ``Content-Length`` and, for a plain-MD5 ETag, whose MD5 matches, is kept.
-3. Metadata goes to ``meta/`` first, then the object is renamed into
-   ``objects/`` atomically: Caddy sees either nothing or the whole file.
+3. The object is renamed into ``objects/`` atomically (Caddy sees either
+   nothing or the whole file), then its metadata is written to ``meta/``.
 
 Anything else (non-200, truncation, mismatch, timeout, a kill) leaves nothing
 that is ever served; a dead fill's temp file is reused by the next fill and
@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 from s3cache.layout import Layout, ObjectRef
 
@@ -165,11 +166,23 @@ class Filler:
         self._pool.submit(self._run, ref, url)
         return True
 
-    def _run(self, ref: ObjectRef, url: str) -> None:
+    def refresh(self, ref: ObjectRef, url: str, response: requests.Response) -> bool:
+        """Replace a stale entry with the body of ``response`` (an open 200), in the background.
+
+        Returns False (and the caller closes the response) when a fill of ``ref`` is already queued.
+        """
+        with self._lock:
+            if ref in self._pending or len(self._pending) >= MAX_PENDING:
+                return False
+            self._pending.add(ref)
+        self._pool.submit(self._run, ref, url, response)
+        return True
+
+    def _run(self, ref: ObjectRef, url: str, response: requests.Response | None = None) -> None:
         with self._lock:
             self.in_progress += 1
         try:
-            result = self.fill(ref, url)
+            result = self.fill(ref, url, response=response)
         except Exception:  # a bug must not kill the worker thread silently
             log.exception("fill of %s crashed", ref.name)
             result = FillResult("failed", "internal")
@@ -190,83 +203,107 @@ class Filler:
 
     # -- one fill ---------------------------------------------------------------------
 
-    def fill(self, ref: ObjectRef, url: str) -> FillResult:
-        """Fetch ``url`` into the cache entry for ``ref``; synchronous."""
+    def fill(self, ref: ObjectRef, url: str, response: requests.Response | None = None) -> FillResult:
+        """Fetch ``url`` into the cache entry for ``ref``; synchronous.
+
+        With ``response`` (an open 200 for ``url``), its body replaces whatever
+        is cached: that is how a stale entry is refreshed without a second fetch.
+        """
+        try:
+            return self._fill(ref, url, response)
+        finally:
+            if response is not None:
+                response.close()
+
+    def _fill(self, ref: ObjectRef, url: str, response: requests.Response | None) -> FillResult:
         started = time.monotonic()
+        replace = response is not None
         final = str(self.layout.object_path(ref))
-        if os.path.isfile(final):
+        if not replace and os.path.isfile(final):
             return FillResult("cached")
         tmp = str(self.layout.temp_path(ref))
         fd = _FillLock.acquire(tmp)
         if fd is None:
             return FillResult("busy")
-        meta_written = None
         try:
-            if os.path.isfile(final):  # finished by another fill since our first look
+            if not replace and os.path.isfile(final):  # finished by another fill since our first look
                 os.unlink(tmp)
                 return FillResult("cached")
             os.ftruncate(fd, 0)
-            headers, size = self._download(url, fd)
-            meta_written = self._write_meta(ref, headers, size)
+            if response is None:
+                with self.session.get(url, stream=True, timeout=(self.timeout, self.timeout), allow_redirects=False,
+                                      headers={"Accept-Encoding": "identity"}) as resp:
+                    headers, size = self._download(resp, fd)
+            else:
+                headers, size = self._download(response, fd)
             last_modified = _http_date(headers.get("last-modified"))
             now = time.time()
             os.utime(fd, (now, last_modified or now))
+            if replace:
+                # Old metadata goes first: a revalidation racing this swap then
+                # falls back to If-Modified-Since and sees a change, never an
+                # old body under the new ETag.
+                _unlink_quietly(str(self.layout.meta_path(ref)))
             _rename_into(tmp, final)
+            self._write_meta(ref, headers, size)
             seconds = time.monotonic() - started
             log.info("filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
             return FillResult("filled", bytes=size, seconds=seconds)
         except FillFailed as exc:
-            self._discard(tmp, meta_written)
+            _unlink_quietly(tmp)  # we still hold the lock, so it is ours to remove
             log.warning("not caching %s: %s", ref.name, exc)
             return FillResult("failed", exc.reason)
-        except (requests.RequestException, OSError) as exc:
-            self._discard(tmp, meta_written)
-            reason = "timeout" if isinstance(exc, requests.Timeout) else (
-                "disk" if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) else "error")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # Reading resp.raw raises urllib3's own errors (a connection cut
+            # mid-body is ProtocolError), not requests'.
+            _unlink_quietly(tmp)
+            reason = _failure_reason(exc)
             log.warning("not caching %s: %s: %s", ref.name, reason, exc)
             return FillResult("failed", reason)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
         finally:
             os.close(fd)  # releases the flock
 
-    def _download(self, url: str, fd: int) -> tuple[dict[str, str], int]:
-        with self.session.get(url, stream=True, timeout=(self.timeout, self.timeout),
-                              allow_redirects=False, headers={"Accept-Encoding": "identity"}) as resp:
-            if resp.status_code != 200:
-                raise FillFailed(f"status-{resp.status_code}")
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            length = headers.get("content-length", "")
-            if not length.isdigit():
-                raise FillFailed("no-length", "response has no Content-Length")
-            expected = int(length)
-            if self.max_object_bytes is not None and expected > self.max_object_bytes:
-                raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
-            if "x-amz-server-side-encryption-customer-algorithm" in headers:
-                raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
-            # SSE-KMS ETags are not the MD5 of the body.
-            md5_expected = None if "aws:kms" in headers.get("x-amz-server-side-encryption", "") \
-                else _plain_md5_etag(headers.get("etag"))
-            digest = hashlib.md5() if md5_expected else None
-            size = 0
-            with open(fd, "wb", closefd=False, buffering=0) as out:
-                while True:
-                    # decode_content=False: cache the bytes S3 stored, gzip or not.
-                    chunk = resp.raw.read(CHUNK, decode_content=False)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > expected:
-                        raise FillFailed("length-mismatch", "more bytes than Content-Length")
-                    out.write(chunk)
-                    if digest:
-                        digest.update(chunk)
-            if size != expected:
-                raise FillFailed("truncated", f"{size} of {expected} bytes")
-            if digest and digest.hexdigest() != md5_expected:
-                raise FillFailed("md5-mismatch", "body does not match the ETag")
-            os.fsync(fd)
-            return headers, size
+    def _download(self, resp: requests.Response, fd: int) -> tuple[dict[str, str], int]:
+        if resp.status_code != 200:
+            raise FillFailed(f"status-{resp.status_code}")
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            raise FillFailed("no-length", "response has no Content-Length")
+        expected = int(length)
+        if self.max_object_bytes is not None and expected > self.max_object_bytes:
+            raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
+        if "x-amz-server-side-encryption-customer-algorithm" in headers:
+            raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
+        # SSE-KMS ETags are not the MD5 of the body.
+        md5_expected = None if "aws:kms" in headers.get("x-amz-server-side-encryption", "") \
+            else _plain_md5_etag(headers.get("etag"))
+        digest = hashlib.md5() if md5_expected else None
+        size = 0
+        with open(fd, "wb", closefd=False, buffering=0) as out:
+            while True:
+                # decode_content=False: cache the bytes S3 stored, gzip or not.
+                chunk = resp.raw.read(CHUNK, decode_content=False)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > expected:
+                    raise FillFailed("length-mismatch", "more bytes than Content-Length")
+                out.write(chunk)
+                if digest:
+                    digest.update(chunk)
+        if size != expected:
+            raise FillFailed("truncated", f"{size} of {expected} bytes")
+        if digest and digest.hexdigest() != md5_expected:
+            raise FillFailed("md5-mismatch", "body does not match the ETag")
+        os.fsync(fd)
+        return headers, size
 
-    def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> str:
+    def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> None:
+        """Best effort: an object without metadata is still served and revalidated (by mtime)."""
         meta = {
             "bucket": ref.bucket,
             "key": ref.key,
@@ -275,22 +312,22 @@ class Filler:
             "headers": {k: v for k, v in headers.items() if k in KEPT_HEADERS or k.startswith("x-amz-meta-")},
         }
         tmp = str(self.layout.meta_temp_path(ref))
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, ensure_ascii=False)
-        dst = str(self.layout.meta_path(ref))
         try:
-            _rename_into(tmp, dst)
-        except BaseException:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, ensure_ascii=False)
+            _rename_into(tmp, str(self.layout.meta_path(ref)))
+        except (OSError, FillFailed) as exc:
             _unlink_quietly(tmp)
-            raise
-        return dst
+            log.warning("cached %s without metadata: %s", ref.name, exc)
 
-    @staticmethod
-    def _discard(tmp: str, meta: str | None) -> None:
-        # We still hold the lock, so the temp file is ours to remove.
-        _unlink_quietly(tmp)
-        if meta:
-            _unlink_quietly(meta)
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "truncated"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk-full"
+    return "error"
 
 
 def _unlink_quietly(path: str) -> None:
