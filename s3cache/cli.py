@@ -53,6 +53,8 @@ def caddy_environment(config: Config, layout: Layout, base: dict[str, str]) -> d
         "S3CACHE_OBJECTS_DIR": str(layout.objects_dir),
         "S3CACHE_ACCESS_LOG": str(layout.logs_dir / "access.log"),
         "S3CACHE_SIDECAR": str(config.sidecar_listen),
+        "S3CACHE_UPSTREAM": config.upstream,
+        "S3CACHE_ACCESS": config.access,
         "HOME": str(state),
         "XDG_DATA_HOME": str(state / "data"),
         "XDG_CONFIG_HOME": str(state / "config"),

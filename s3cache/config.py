@@ -7,7 +7,6 @@ whose message is one line naming the variable.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -43,7 +42,12 @@ def _upstream(value: str) -> str:
         raise ValueError(f"expected an http(s):// URL, got {value!r}")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
         raise ValueError(f"expected scheme://host[:port] only, got {value!r}")
-    return f"{parts.scheme}://{parts.netloc}"
+    # Signers (botocore, S3) drop a default port from the Host they sign; so must we.
+    netloc = parts.netloc.lower()
+    default = {"http": ":80", "https": ":443"}[parts.scheme]
+    if netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return f"{parts.scheme}://{netloc}"
 
 
 def _positive_int(value: str) -> int:
@@ -71,11 +75,59 @@ def _positive_float(value: str) -> float:
     return n
 
 
-def _cidrs(value: str) -> tuple:
-    nets = tuple(ipaddress.ip_network(v.strip(), strict=False) for v in value.split(",") if v.strip())
-    if not nets:
-        raise ValueError("expected at least one CIDR")
-    return nets
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    return parse
+
+
+def parse_signing_keys(text: str) -> dict[str, str]:
+    """``AKID:SECRET`` pairs, separated by commas and/or newlines.
+
+    Blank lines and lines starting with ``#`` are skipped (a keys file may be
+    commented).  A secret may contain ':' but not ',' or whitespace.  Error
+    messages name the entry by position and never repeat a secret.
+    """
+    keys: dict[str, str] = {}
+    entry = 0
+    for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        for item in line.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            entry += 1
+            where = f"signing keys: entry {entry} (line {lineno})"
+            akid, sep, secret = item.partition(":")
+            akid, secret = akid.strip(), secret.strip()
+            if not sep:
+                raise ValueError(f"{where}: expected ACCESS_KEY_ID:SECRET, found no ':'")
+            if not akid:
+                raise ValueError(f"{where}: the access key id before ':' is empty")
+            if not secret:
+                raise ValueError(f"{where}: the secret after ':' is empty")
+            if any(c.isspace() for c in akid) or "/" in akid:
+                raise ValueError(f"{where}: the access key id must not contain whitespace or '/'")
+            if any(c.isspace() for c in secret):
+                raise ValueError(f"{where}: the secret must not contain whitespace")
+            if keys.get(akid, secret) != secret:
+                raise ValueError(f"{where}: access key id {akid} is listed twice with different secrets")
+            keys[akid] = secret
+    return keys
+
+
+def _signing_keys_file(value: str) -> dict[str, str]:
+    if not value:
+        return {}
+    try:
+        with open(value, encoding="utf-8") as fh:
+            return parse_signing_keys(fh.read())
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -102,6 +154,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Background fetches running at once."),
     Setting("S3CACHE_FILL_TIMEOUT", "60", _positive_float,
             "Seconds a fetch may stall (connect or between reads) before it is abandoned."),
+    Setting("S3CACHE_ACCESS", "revalidate", _choice("revalidate", "verify", "open"),
+            "Who may read a cached object: revalidate (ask S3 with the client's URL), verify (check the "
+            "signature locally), open (anyone: public buckets only)."),
+    Setting("S3CACHE_SIGNING_KEYS", "", parse_signing_keys,
+            "verify mode: ACCESS_KEY_ID:SECRET pairs, comma-separated."),
+    Setting("S3CACHE_SIGNING_KEYS_FILE", "", _signing_keys_file,
+            "verify mode: a file of ACCESS_KEY_ID:SECRET pairs, one per line (# comments)."),
+    Setting("S3CACHE_REVALIDATE_ON_ERROR", "closed", _choice("closed", "open"),
+            "revalidate mode, when S3 cannot be reached: closed (refuse with 503) or open (serve the cached copy)."),
     Setting("S3CACHE_EVICT_HIGH", "90", _percent,
             "Start evicting when usage exceeds this percent."),
     Setting("S3CACHE_EVICT_LOW", "80", _percent,
@@ -126,10 +187,18 @@ class Config:
     max_object_bytes: int | None
     fill_workers: int
     fill_timeout: float
+    access: str
+    signing_keys: dict
+    signing_keys_file: dict
+    revalidate_on_error: str
     evict_high: float
     evict_low: float
     evict_interval: float
     max_bytes: int | None
+
+    def keys(self) -> dict[str, str]:
+        """Every signing key, from the variable and the file together."""
+        return {**self.signing_keys_file, **self.signing_keys}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -145,6 +214,9 @@ class Config:
             raise ConfigError(
                 f"S3CACHE_EVICT_LOW: must be below S3CACHE_EVICT_HIGH "
                 f"({values['evict_low']:g} >= {values['evict_high']:g})")
+        if values["access"] == "verify" and not (values["signing_keys"] or values["signing_keys_file"]):
+            raise ConfigError("S3CACHE_SIGNING_KEYS: S3CACHE_ACCESS=verify needs keys "
+                              "(S3CACHE_SIGNING_KEYS or S3CACHE_SIGNING_KEYS_FILE)")
         values["dir"] = os.path.abspath(values["dir"])
         return cls(**values)
 

@@ -14,7 +14,10 @@ from flask import Flask, Response, request
 from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
+import requests
+
 from sidecar import health, pages
+from sidecar.access import HitRequest, check_hit
 from sidecar.fill import Filler
 from sidecar.miss import plan_miss
 from sidecar.s3errors import error_response
@@ -36,21 +39,35 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     layout.ensure()
     filler = filler or Filler(layout, workers=config.fill_workers, timeout=config.fill_timeout,
                               max_object_bytes=config.max_object_bytes)
+    # One pooled session for revalidation: a keep-alive connection to S3 saves a handshake per hit.
+    upstream = requests.Session()
+    upstream.mount(config.upstream, requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32))
     app.extensions["s3cache"] = {"config": config, "layout": layout, "filler": filler}
 
     @app.before_request
     def dispatch() -> Response:
         # Dispatch on the raw URI ourselves: Werkzeug's routing would merge
         # '//' and decode the path, and S3 keys need every byte as sent.
+        # Our own endpoints are recognised by the URI Caddy sent us (forward_auth
+        # rewrites it to /_s3cache/auth); misses by the client's original URI.
+        path = (request.environ.get("REQUEST_URI") or request.path).partition("?")[0]
         raw_uri = raw_request_uri()
-        path = raw_uri.partition("?")[0]
         if path in ("/", "/_s3cache", "/_s3cache/"):
             return pages.root_page(config)
         if path == "/_s3cache/health":
             return health.health_response(config, layout, filler)
+        if path == "/_s3cache/auth":
+            return answer_auth()
         if path.startswith("/_s3cache/"):
             return error_response(404, "NoSuchKey", "No such s3cache endpoint.", path)
         return answer_miss(raw_uri)
+
+    def answer_auth() -> Response:
+        # Caddy's forward_auth: the client's request arrives as headers.
+        hit = HitRequest(method=request.headers.get("X-Forwarded-Method", "GET"),
+                         raw_uri=request.headers.get(RAW_URI_HEADER) or request.headers.get("X-Forwarded-Uri", ""),
+                         headers=request.headers)
+        return check_hit(hit, config, layout, filler, upstream)
 
     def answer_miss(raw_uri: str) -> Response:
         try:

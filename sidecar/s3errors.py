@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-import uuid
-from xml.sax.saxutils import escape
+import re
+import secrets
 
 from flask import Response
 
+# Characters XML 1.0 cannot carry at all (a key may contain them): replaced, never dropped silently.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(s: str) -> str:
+    s = _XML_INVALID.sub("\ufffd", s)
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
 
 def error_xml(code: str, message: str, resource: str = "", request_id: str = "") -> bytes:
-    request_id = request_id or uuid.uuid4().hex[:16].upper()
+    """An S3-style ``<Error>`` document.  Without a request id, a random one (S3 always sends one)."""
+    request_id = request_id or secrets.token_hex(8).upper()
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
-        f"<Resource>{escape(resource)}</Resource><RequestId>{escape(request_id)}</RequestId></Error>"
+        f"<Error><Code>{_xml_text(code)}</Code><Message>{_xml_text(message)}</Message>"
+        f"<Resource>{_xml_text(resource)}</Resource><RequestId>{_xml_text(request_id)}</RequestId></Error>"
     ).encode("utf-8")
 
 
 def error_response(status: int, code: str, message: str, resource: str = "") -> Response:
-    body = error_xml(code, message, resource)
-    resp = Response(body, status=status, content_type="application/xml")
+    resp = Response(error_xml(code, message, resource), status=status, content_type="application/xml")
     resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -77,3 +77,22 @@ def test_code_reads_no_undocumented_variable():
     for path in list(ROOT.glob("s3cache/*.py")) + list(ROOT.glob("sidecar/*.py")) + list(ROOT.glob("evictor/*.py")) + [ROOT / "Caddyfile"]:
         used |= set(re.findall(r"S3CACHE_[A-Z0-9_]+", path.read_text()))
     assert used - names - derived == set()
+
+
+def test_upstream_default_port_is_dropped_because_sigv4_signs_the_host_without_it():
+    assert Config.from_env({"S3CACHE_UPSTREAM": "https://S3.example.com:443"}).upstream == "https://s3.example.com"
+    assert Config.from_env({"S3CACHE_UPSTREAM": "http://h:80/"}).upstream == "http://h"
+    assert Config.from_env({"S3CACHE_UPSTREAM": "http://h:9000"}).upstream == "http://h:9000"
+
+
+def test_signing_keys_from_variable_and_file(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text("# ops keys\nAKIAFILE:file-secret\n")
+    c = Config.from_env({"S3CACHE_ACCESS": "verify", "S3CACHE_SIGNING_KEYS_FILE": str(f),
+                         "S3CACHE_SIGNING_KEYS": "AKIAVAR:var:secret"})
+    assert c.keys() == {"AKIAFILE": "file-secret", "AKIAVAR": "var:secret"}
+    with pytest.raises(ConfigError, match="^S3CACHE_SIGNING_KEYS_FILE: cannot read"):
+        Config.from_env({"S3CACHE_SIGNING_KEYS_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError) as exc:
+        Config.from_env({"S3CACHE_SIGNING_KEYS": "AKIA:topsecret\ntopsecret-without-id"})
+    assert "topsecret" not in str(exc.value)

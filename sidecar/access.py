@@ -1,0 +1,168 @@
+"""Access control on hits: may this request receive the cached bytes?
+
+Caddy asks ``/_s3cache/auth`` (``forward_auth``) before serving a cached file
+in the ``verify`` and ``revalidate`` modes; a 2xx answer lets Caddy serve the
+file, anything else is relayed to the client instead of the bytes.
+
+- ``verify``: check the presigned signature and expiry locally, with the keys
+  from S3CACHE_SIGNING_KEYS(_FILE).  No S3 round trip.
+- ``revalidate``: ask S3 itself, with the client's own URL, conditionally
+  (``If-None-Match`` with the cached ETag).  ``304`` means S3 would have served
+  this very object to this very URL; no body bytes move.
+
+``open`` never reaches this module: Caddy serves hits alone.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+from flask import Response
+
+from s3cache.config import Config
+from s3cache.layout import Layout, ObjectRef, Uncacheable
+from s3cache.request_path import BadRequest, parse_uri
+from sidecar.fill import Filler
+from sidecar.miss import upstream_url
+from sidecar.s3errors import error_response
+from sidecar.signatures import verify_presigned
+
+log = logging.getLogger("sidecar.access")
+
+# Revalidation is on the hit path: it must answer fast or not at all.
+REVALIDATE_TIMEOUT = (3.0, 10.0)
+# S3 error bodies are small XML documents; never relay more than this.
+MAX_RELAYED_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HitRequest:
+    method: str      # GET or HEAD, as the client sent it
+    raw_uri: str
+    headers: Mapping[str, str]
+
+
+def allow() -> Response:
+    return Response(status=204)
+
+
+def deny(status: int, code: str, message: str, resource: str = "") -> Response:
+    resp = error_response(status, code, message, resource)
+    resp.headers["X-Cache"] = "DENIED"
+    return resp
+
+
+def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
+              session: requests.Session) -> Response:
+    try:
+        parsed = parse_uri(hit.raw_uri)
+        ref = parsed.ref
+        layout.object_path(ref)
+    except (BadRequest, Uncacheable):
+        # Caddy only asks about paths that exist on disk; anything else is not ours to serve.
+        return deny(403, "AccessDenied", "Access Denied")
+    if config.access == "verify":
+        verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query,
+                                   upstream_host(config), config.keys(), headers=hit.headers)
+        if verdict.ok:
+            return allow()
+        return deny(verdict.status, verdict.code, verdict.message, parsed.raw_path)
+    return revalidate(hit, ref, config, layout, filler, session)
+
+
+def upstream_host(config: Config) -> str:
+    return urlsplit(config.upstream).netloc
+
+
+def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
+    try:
+        with open(layout.meta_path(ref), encoding="utf-8") as fh:
+            etag = json.load(fh).get("headers", {}).get("etag")
+        if etag:
+            return {"If-None-Match": etag}
+    except (OSError, ValueError):
+        pass
+    # No metadata: the file's mtime is S3's Last-Modified.
+    mtime = os.stat(layout.object_path(ref)).st_mtime
+    return {"If-Modified-Since": email.utils.formatdate(mtime, usegmt=True)}
+
+
+def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers the client's SigV4 signature covers (besides host) must reach S3 unchanged."""
+    signed = dict(parse_qsl(raw_query, keep_blank_values=True)).get("X-Amz-SignedHeaders", "")
+    out = {}
+    for name in signed.lower().split(";"):
+        if name and name != "host" and name in {k.lower() for k in headers.keys()}:
+            out[name] = headers.get(name)
+    return out
+
+
+def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, filler: Filler,
+               session: requests.Session) -> Response:
+    url = upstream_url(config, hit.raw_uri)
+    try:
+        validators = _cached_validators(layout, ref)
+    except FileNotFoundError:
+        return deny(404, "NoSuchKey", "The specified key does not exist.")
+    headers = {**_signed_client_headers(parse_uri(hit.raw_uri).raw_query, hit.headers), **validators,
+               "Accept-Encoding": "identity"}
+    try:
+        resp = session.request(hit.method, url, headers=headers, stream=True,
+                               allow_redirects=False, timeout=REVALIDATE_TIMEOUT)
+    except requests.RequestException as exc:
+        return _unreachable(config, f"{type(exc).__name__}")
+    keep_open = False
+    try:
+        status = resp.status_code
+        if status == 304:
+            return allow()
+        if status == 200:
+            if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
+                return allow()  # an origin that ignores If-None-Match, but the object is the same
+            # Changed at the origin: the client gets nothing stale.
+            if hit.method == "GET":
+                keep_open = filler.refresh(ref, url, resp)
+            else:
+                remove_cached(layout, ref)  # a HEAD-signed URL cannot fetch the new body
+            redirect = Response(status=307)
+            redirect.headers.update({"Location": url, "X-Cache": "MISS", "Cache-Control": "no-store"})
+            log.info("stale %s: changed at the origin; redirected and refreshing", ref.name)
+            return redirect
+        if status >= 500:
+            return _unreachable(config, f"origin answered {status}")
+        if status == 404:
+            remove_cached(layout, ref)
+        body = resp.raw.read(MAX_RELAYED_BODY, decode_content=False) if hit.method == "GET" else b""
+        relayed = Response(body, status=status, content_type=resp.headers.get("Content-Type", "application/xml"))
+        relayed.headers["X-Cache"] = "DENIED"
+        relayed.headers["Cache-Control"] = "no-store"
+        return relayed
+    finally:
+        if not keep_open:
+            resp.close()
+
+
+def _unreachable(config: Config, why: str) -> Response:
+    if config.revalidate_on_error == "open":
+        log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
+        return allow()
+    log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
+    resp = error_response(503, "ServiceUnavailable", "Could not confirm access with S3; please retry.")
+    resp.headers["X-Cache"] = "ERROR"
+    resp.headers["Retry-After"] = "5"
+    return resp
+
+
+def remove_cached(layout: Layout, ref: ObjectRef) -> None:
+    for path in (layout.object_path(ref), layout.meta_path(ref)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
