@@ -159,6 +159,9 @@ class Supervisor:
             parts[p.name] = {"status": state, "pid": p.proc.pid if p.proc else None,
                              "restarts": p.restarts, "last_exit": p.last_exit}
         tmp = f"{self.status_file}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"supervisor_pid": os.getpid(), "updated_at": time.time(), "parts": parts}, fh)
-        os.replace(tmp, self.status_file)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"supervisor_pid": os.getpid(), "updated_at": time.time(), "parts": parts}, fh)
+            os.replace(tmp, self.status_file)
+        except OSError as exc:  # a full or vanished cache disk must not take the supervisor down
+            self.say("s3cache", f"cannot write {self.status_file}: {exc.strerror}")

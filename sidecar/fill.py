@@ -121,7 +121,10 @@ def _rename_into(src: str, dst: str) -> None:
     # The evictor may remove an empty parent directory between our makedirs
     # and the rename; recreate it and try again.
     for _ in range(5):
-        _makedirs(os.path.dirname(dst))
+        try:
+            _makedirs(os.path.dirname(dst))
+        except FileNotFoundError:  # a parent removed mid-makedirs: try again
+            continue
         if os.path.isdir(dst):
             raise FillFailed("conflict", "the key is a directory of other cached keys")
         try:

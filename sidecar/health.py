@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 
 from flask import Response
 
 from s3cache.config import Config
 from s3cache.layout import Layout
+from s3cache.usage import statvfs_usage
 from sidecar.fill import Filler
 
 PARTS_FILE = "parts.json"
@@ -33,9 +33,8 @@ def _read_json(path) -> dict | None:
 def health_report(config: Config, layout: Layout, filler: Filler) -> tuple[bool, dict]:
     writable = os.access(layout.objects_dir, os.W_OK) and os.access(layout.tmp_dir, os.W_OK)
     try:
-        usage = shutil.disk_usage(layout.root)
-        disk = {"total_bytes": usage.total, "free_bytes": usage.free,
-                "used_percent": round(100 * (usage.total - usage.free) / usage.total, 2)}
+        usage = statvfs_usage(layout.root)()
+        disk = {"used_bytes": usage.used, "available_bytes": usage.avail, "used_percent": round(usage.percent, 2)}
     except OSError:
         disk = None
     parts: dict = {"sidecar": {"status": "ok", "fills_in_progress": filler.in_progress}}

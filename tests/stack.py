@@ -42,7 +42,7 @@ class Stack:
         self.sidecar_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
-        self.cache_dir = self.workdir / "cache"
+        self.cache_dir = Path(env.get("S3CACHE_DIR") or self.workdir / "cache")
         self.layout = Layout(self.cache_dir)
         self.upstream = upstream
         self.env = {

@@ -1,0 +1,66 @@
+"""``python -m evictor``: the scheduled process ``s3cache up`` runs beside Caddy and the sidecar.
+
+A pass at start, then one every ``S3CACHE_EVICT_INTERVAL`` seconds (the
+``schedule`` package; the next run is timed from the end of the previous one,
+so slow passes never pile up).  One line per pass on stdout.  SIGTERM/SIGINT
+stop it cleanly: a pass in progress ends at its next directory (every removal
+so far is complete, and the access-log cursor only ever lags, never skips).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+
+import schedule
+
+from evictor.run import PassAborted, PassBusy, run_pass
+from s3cache.config import Config, ConfigError
+
+
+def main() -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"evictor: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+
+    def one_pass() -> None:
+        try:
+            summary = run_pass(config, should_stop=stop.is_set)
+        except PassAborted:
+            return
+        except PassBusy as exc:
+            print(f"skipped: {exc}", flush=True)
+            return
+        except Exception:  # a bad pass must not end the process; the next one may succeed
+            print("pass failed:\n" + traceback.format_exc().rstrip(), flush=True)
+            return
+        print(summary.line(), flush=True)
+
+    print(f"evicting {config.dir} every {config.evict_interval:g}s above {config.evict_high:g}% "
+          f"down to {config.evict_low:g}%"
+          + (f", cap {config.max_bytes} bytes" if config.max_bytes else ""), flush=True)
+    scheduler = schedule.Scheduler()
+    scheduler.every(config.evict_interval).seconds.do(one_pass)
+    scheduler.run_all()  # the first pass now, not one interval from now
+    while not stop.is_set():
+        scheduler.run_pending()
+        idle = scheduler.idle_seconds
+        stop.wait(min(max(idle if idle is not None else 1.0, 0.01), 1.0))
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The eviction decision: how full the cache is, how much must go, and which files (least recently accessed first).
+
+Usage is the larger of the filesystem's used percent (as ``df`` shows it) and the cache's own
+bytes as a percent of ``S3CACHE_MAX_BYTES``.  Above HIGH, enough is freed to
+bring *both* measures strictly below LOW.  The amount is planned up front from
+the scan rather than by re-reading ``statvfs`` after each unlink: some
+filesystems (XFS, btrfs, anything with delayed frees) report freed space late,
+and a loop waiting for it would evict the whole cache.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from evictor.scan import FileTable
+from s3cache.usage import FsUsage, UsageFn, statvfs_usage  # noqa: F401  (re-exported for the evictor)
+
+
+
+
+def usage_percent(fs: FsUsage, cache_bytes: int, max_bytes: int | None) -> float:
+    pct = fs.percent
+    if max_bytes:
+        pct = max(pct, 100.0 * cache_bytes / max_bytes)
+    return pct
+
+
+def _below(percent: float, of: int) -> int:
+    """The largest byte count strictly below ``percent`` of ``of``."""
+    return max(0, math.ceil(percent * of / 100.0) - 1)
+
+
+@dataclass(frozen=True)
+class Need:
+    size: int   # apparent bytes to free for the S3CACHE_MAX_BYTES cap
+    alloc: int  # allocated bytes to free for the filesystem
+
+    def met_by(self, size: int, alloc: int) -> bool:
+        return size >= self.size and alloc >= self.alloc
+
+
+def bytes_to_free(fs: FsUsage, cache_bytes: int, *, high: float, low: float,
+                  max_bytes: int | None) -> Need | None:
+    """None when usage is not above HIGH; otherwise what brings both measures below LOW."""
+    if usage_percent(fs, cache_bytes, max_bytes) <= high:
+        return None
+    alloc = max(0, fs.used - _below(low, fs.capacity)) if fs.capacity > 0 else 0
+    size = max(0, cache_bytes - _below(low, max_bytes)) if max_bytes else 0
+    return Need(size=size, alloc=alloc)
+
+
+def lru_order(table: FileTable, need: Need, total_size: int, total_alloc: int) -> Iterator[int]:
+    """Row numbers, least recently accessed first, for as long as the caller keeps taking them.
+
+    Only the oldest k rows are ever ordered (``heapq.nsmallest`` over the
+    atime column, no tuple per file), with k guessed from the fraction of
+    bytes needed and doubled when the caller wants more: when the oldest
+    files are smaller than average, or some could not be removed.
+    Ties (same atime) keep walk order, so the order is deterministic.
+    """
+    n = len(table)
+    fraction = 0.0
+    if need.size:
+        fraction = max(fraction, need.size / total_size if total_size else 1.0)
+    if need.alloc:
+        fraction = max(fraction, need.alloc / total_alloc if total_alloc else 1.0)
+    k = min(n, int(n * min(fraction, 1.0) * 1.25) + 64)
+    atime = table.atime_ns
+    done = 0
+    while done < n:
+        # nsmallest is documented as sorted(...)[:k], stable: a longer prefix extends a shorter one.
+        oldest = heapq.nsmallest(k, range(n), key=atime.__getitem__)
+        yield from oldest[done:]
+        done, k = len(oldest), min(n, k * 2)
+
+
+def select_victims(table: FileTable, need: Need, total_size: int, total_alloc: int) -> list[int]:
+    """The shortest least-recently-accessed prefix that meets ``need``, assuming every removal succeeds.
+
+    When even the whole cache cannot meet it (the disk is full of something
+    else), that is every row: the cache yields its space.
+    """
+    victims: list[int] = []
+    freed_size = freed_alloc = 0
+    for i in lru_order(table, need, total_size, total_alloc):
+        if need.met_by(freed_size, freed_alloc):
+            break
+        victims.append(i)
+        freed_size += table.size[i]
+        freed_alloc += table.alloc[i]
+    return victims

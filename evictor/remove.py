@@ -1,0 +1,71 @@
+"""Removing things from the cache without breaking what runs beside us.
+
+- An object is removed with a plain ``unlink``: a response being served from
+  it keeps its open file and finishes; the next request is a miss.
+- The object goes first, its metadata second: a crash in between leaves an
+  orphaned metadata file (swept later), never a served object without a
+  decision about it.
+- Directories are only ever removed with ``os.rmdir``, which fails on anything
+  not empty, and never a bucket's top directory (fills would recreate it over
+  and over).  A fill that loses the race with an ``rmdir`` gets ENOENT from
+  its rename and retries makedirs+rename (sidecar/fill.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from evictor.report import Errors
+from s3cache.layout import Layout
+
+
+def unlink(path: bytes, errors: Errors | None = None) -> bool:
+    """True if we removed it; a file already gone is not an error, a refused unlink is recorded."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # PermissionError, EBUSY, EROFS ...: skip it, keep going
+        if errors is not None:
+            errors.add(os.fsdecode(path), exc)
+        return False
+
+
+def meta_for_object(layout: Layout, object_path: bytes) -> bytes:
+    return os.fsencode(layout.meta_path_for_object_file(os.fsdecode(object_path)))
+
+
+def object_for_meta(layout: Layout, meta_path: bytes) -> bytes:
+    return os.fsencode(layout.object_path_for_meta_file(os.fsdecode(meta_path)))
+
+
+def remove_object(object_path: bytes, meta_path: bytes, errors: Errors) -> bool:
+    """Unlink an object file and then its metadata; True if the object was ours to remove."""
+    if not unlink(object_path, errors):
+        return False
+    unlink(meta_path, errors)
+    return True
+
+
+def prune_dirs(layout: Layout, dirs: Iterable[bytes]) -> int:
+    """``rmdir`` each directory and its now-empty parents, stopping above nothing below a bucket.
+
+    Returns how many were removed.  Deepest first, so chains empty out in one call.
+    """
+    roots = (os.fsencode(layout.objects_dir), os.fsencode(layout.meta_dir))
+    removed = 0
+    for d in sorted(set(dirs), key=len, reverse=True):
+        root = next((r for r in roots if d.startswith(r + b"/")), None)
+        if root is None:
+            continue
+        # b"/bucket/sub" has two slashes: the shallowest directory we may remove.
+        while d[len(root):].count(b"/") >= 2:
+            try:
+                os.rmdir(d)
+            except OSError:  # not empty (a fill got there first), already gone, busy: leave it
+                break
+            removed += 1
+            d = os.path.dirname(d)
+    return removed

@@ -1,0 +1,144 @@
+"""One eviction pass, start to end: recency from the log, the scan, the decision, removals, housekeeping, the report.
+
+Shared by the scheduled process (``python -m evictor``) and ``s3cache evict
+--once``.  Real passes hold ``run/evictor.lock`` (flock) so a manual pass and
+the scheduled one never run at once; a dry run changes nothing on disk (not
+even atimes or the log cursor) and takes no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from typing import Callable
+
+from evictor import accesslog
+from evictor.housekeeping import GRACE_SECONDS, OnRemove, remove_orphan_metas, sweep_temp
+from evictor.policy import FsUsage, UsageFn, bytes_to_free, lru_order, statvfs_usage, usage_percent
+from evictor.remove import meta_for_object, prune_dirs, remove_object
+from evictor.report import Errors, PassSummary, write_pass
+from evictor.scan import PassAborted, scan
+from s3cache.config import Config
+from s3cache.layout import Layout
+
+LOCK_FILE = "evictor.lock"
+__all__ = ["PassAborted", "PassBusy", "run_pass"]
+
+
+class PassBusy(Exception):
+    """Another (non-dry) pass holds the lock."""
+
+
+def _lock(layout: Layout) -> int:
+    fd = os.open(os.path.join(layout.run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PassBusy("another eviction pass is running") from None
+    return fd
+
+
+def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = None,
+             now: Callable[[], float] = time.time, on_remove: OnRemove | None = None,
+             should_stop: Callable[[], bool] | None = None, grace: float = GRACE_SECONDS) -> PassSummary:
+    """Run one pass and return its summary (already written to run/ unless ``dry_run``).
+
+    ``usage`` reports the cache filesystem's size and free space (``statvfs``
+    unless injected); ``on_remove(kind, path, size)`` is told of each removal
+    once it is done (or instead of it, in a dry run).
+    """
+    layout = Layout(config.dir)
+    started = now()
+    clock = time.monotonic()
+    usage = usage or statvfs_usage(layout.root)
+    summary = PassSummary(started_at=started, dry_run=dry_run, high=config.evict_high,
+                          low=config.evict_low, max_bytes=config.max_bytes)
+    errors = Errors()
+    lock_fd = None
+    if not dry_run:
+        layout.ensure()
+        lock_fd = _lock(layout)
+    try:
+        # 1. Recency first, so the scan sees this pass's hits.
+        log = accesslog.read_new(layout, accesslog.load_cursor(layout), now=started, errors=errors)
+        hit_paths = accesslog.resolve(layout, log.hits)
+        summary.log_lines, summary.log_hits = log.lines, len(hit_paths)
+        if not dry_run:
+            summary.atimes_refreshed = accesslog.refresh_atimes(hit_paths, errors)
+
+        # 2. The walk.  A dry run overlays the hits it did not write.
+        result = scan(layout, now=started, grace=grace, should_stop=should_stop,
+                      atime_overrides=hit_paths if dry_run else None)
+        errors.merge(result.errors)
+        table = result.table
+        summary.scanned_files = result.files
+        summary.bytes_before = result.bytes
+
+        # 3. The decision.  Nothing to evict costs nothing more than the walk.
+        fs = usage()
+        summary.usage_percent_before = usage_percent(fs, result.bytes, config.max_bytes)
+        need = bytes_to_free(fs, result.bytes, high=config.evict_high, low=config.evict_low,
+                             max_bytes=config.max_bytes)
+
+        # 4. Removals, least recently accessed first, until the need is met.
+        # Taken one at a time from the LRU order, so a victim that vanished or
+        # refused to go is made up for by the next one.
+        emptied: set[bytes] = set()  # directories that may now be empty
+        freed_size = freed_alloc = 0
+        if need is not None:
+            for n, i in enumerate(lru_order(table, need, result.bytes, result.alloc_bytes)):
+                if need.met_by(freed_size, freed_alloc):
+                    break
+                if should_stop is not None and n % 1000 == 999 and should_stop():
+                    raise PassAborted()
+                path = table.path(i)
+                meta = meta_for_object(layout, path)
+                if dry_run or remove_object(path, meta, errors):
+                    if on_remove is not None:
+                        on_remove("object", path, table.size[i])
+                    summary.evicted_files += 1
+                    freed_size += table.size[i]
+                    freed_alloc += table.alloc[i]
+                    emptied.update((os.path.dirname(path), os.path.dirname(meta)))
+        summary.evicted_bytes = freed_size
+        if need is not None:
+            summary.target_reached = need.met_by(freed_size, freed_alloc)
+
+        # 5. Housekeeping.
+        temp = sweep_temp(layout, now=started, grace=grace, dry_run=dry_run, errors=errors, on_remove=on_remove)
+        orphans = remove_orphan_metas(layout, result.orphan_metas, now=started, grace=grace, dry_run=dry_run,
+                                      errors=errors, on_remove=on_remove)
+        summary.temp_removed, summary.orphan_meta_removed = temp.files, orphans.files
+        if not dry_run:
+            summary.dirs_removed = prune_dirs(layout, [*emptied, *orphans.dirs, *result.empty_dirs])
+            # Saved only now: on a full disk this write may fail until the
+            # removals above made room, and a cursor not saved only means
+            # the same hits are replayed (harmlessly) next time.
+            if log.cursor is not None:
+                try:
+                    accesslog.save_cursor(layout, log.cursor)
+                except OSError as exc:
+                    errors.add("saving the access-log cursor", exc)
+
+        # 6. After.  A dry run estimates; a real pass asks the filesystem again.
+        summary.bytes_after = result.bytes - freed_size
+        if dry_run or not summary.evicted_files:
+            fs_after = FsUsage(max(0, fs.used - freed_alloc), fs.avail + freed_alloc)
+        else:
+            fs_after = usage()
+        summary.usage_percent_after = usage_percent(fs_after, summary.bytes_after, config.max_bytes)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    summary.finished_at = now()
+    summary.duration_seconds = round(time.monotonic() - clock, 3)
+    summary.errors, summary.error_samples = errors.count, errors.samples
+    if not dry_run:
+        try:
+            write_pass(layout, summary)
+        except OSError as exc:  # the pass itself is done; say so in its line
+            errors.add("writing run/evictor.json", exc)
+            summary.errors, summary.error_samples = errors.count, errors.samples
+    return summary
