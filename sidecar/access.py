@@ -16,7 +16,6 @@ file, anything else is relayed to the client instead of the bytes.
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from flask import Response
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest, parse_uri
+from sidecar import hit_headers
 from sidecar.fill import Filler
 from sidecar.miss import upstream_url
 from sidecar.s3errors import error_response
@@ -49,8 +49,19 @@ class HitRequest:
     headers: Mapping[str, str]
 
 
-def allow() -> Response:
-    return Response(status=204)
+def allow(hit: HitRequest, ref: ObjectRef, layout: Layout) -> Response:
+    """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves."""
+    try:
+        mtime = hit_headers.object_mtime(layout, ref)
+    except FileNotFoundError:  # evicted since Caddy looked
+        return deny(404, "NoSuchKey", "The specified key does not exist.")
+    result = hit_headers.answer(hit.method, hit.headers, hit_headers.load_meta(layout, ref),
+                                parse_uri(hit.raw_uri).raw_query, mtime)
+    resp = Response(status=result.status)
+    resp.headers.update(result.headers)
+    if result.status != 204:
+        resp.headers["X-Cache"] = "HIT"  # a conditional answer from the cache is still a hit
+    return resp
 
 
 def deny(status: int, code: str, message: str, resource: str = "") -> Response:
@@ -72,7 +83,7 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
         verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query,
                                    upstream_host(config), config.keys(), headers=hit.headers)
         if verdict.ok:
-            return allow()
+            return allow(hit, ref, layout)
         return deny(verdict.status, verdict.code, verdict.message, parsed.raw_path)
     return revalidate(hit, ref, config, layout, filler, session)
 
@@ -82,13 +93,9 @@ def upstream_host(config: Config) -> str:
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
-    try:
-        with open(layout.meta_path(ref), encoding="utf-8") as fh:
-            etag = json.load(fh).get("headers", {}).get("etag")
-        if etag:
-            return {"If-None-Match": etag}
-    except (OSError, ValueError):
-        pass
+    etag = hit_headers.load_meta(layout, ref).get("etag")
+    if etag:
+        return {"If-None-Match": etag}
     # No metadata: the file's mtime is S3's Last-Modified.
     mtime = os.stat(layout.object_path(ref)).st_mtime
     return {"If-Modified-Since": email.utils.formatdate(mtime, usegmt=True)}
@@ -117,15 +124,15 @@ def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, 
         resp = session.request(hit.method, url, headers=headers, stream=True,
                                allow_redirects=False, timeout=REVALIDATE_TIMEOUT)
     except requests.RequestException as exc:
-        return _unreachable(config, f"{type(exc).__name__}")
+        return _unreachable(hit, ref, config, layout, type(exc).__name__)
     keep_open = False
     try:
         status = resp.status_code
         if status == 304:
-            return allow()
+            return allow(hit, ref, layout)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                return allow()  # an origin that ignores If-None-Match, but the object is the same
+                return allow(hit, ref, layout)  # an origin that ignores If-None-Match; same object
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)
@@ -136,7 +143,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, 
             log.info("stale %s: changed at the origin; redirected and refreshing", ref.name)
             return redirect
         if status >= 500:
-            return _unreachable(config, f"origin answered {status}")
+            return _unreachable(hit, ref, config, layout, f"origin answered {status}")
         if status == 404:
             remove_cached(layout, ref)
         body = resp.raw.read(MAX_RELAYED_BODY, decode_content=False) if hit.method == "GET" else b""
@@ -149,10 +156,10 @@ def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, 
             resp.close()
 
 
-def _unreachable(config: Config, why: str) -> Response:
+def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str) -> Response:
     if config.revalidate_on_error == "open":
         log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
-        return allow()
+        return allow(hit, ref, layout)
     log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
     resp = error_response(503, "ServiceUnavailable", "Could not confirm access with S3; please retry.")
     resp.headers["X-Cache"] = "ERROR"

@@ -1,0 +1,142 @@
+"""S3's own answer on a hit: the stored headers, response-* overrides, and conditionals judged against S3's ETag.
+
+Caddy's file_server knows only its own ETag (mtime+size) and guesses
+Content-Type from the extension.  In the ``verify`` and ``revalidate`` modes
+the access check runs anyway, so it also returns what S3 would have sent:
+
+- ``X-S3cache-<Header>`` for Content-Type, ETag, Content-Disposition, ... from
+  the object's metadata, with the presigned ``response-*`` overrides applied;
+  the Caddyfile copies them onto the response;
+- the conditional request headers (If-Match, If-None-Match, If-Modified-Since,
+  If-Unmodified-Since, If-Range) are evaluated here against S3's validators,
+  RFC 9110 section 13.2.2 order; a 304 or 412 is answered by us, and Caddy
+  strips those headers before file_server sees them (``copy_headers``), so its
+  own ETag can never contradict S3's.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import parse_qsl
+
+from s3cache.layout import Layout, ObjectRef
+
+# Stored header -> presigned override parameter (S3 GetObject's response-* parameters).
+OVERRIDABLE = {
+    "content-type": "response-content-type",
+    "content-language": "response-content-language",
+    "expires": "response-expires",
+    "cache-control": "response-cache-control",
+    "content-disposition": "response-content-disposition",
+    "content-encoding": "response-content-encoding",
+}
+# Header names as S3 spells them, for what we hand to Caddy.
+CANONICAL = {
+    "content-type": "Content-Type", "content-language": "Content-Language", "expires": "Expires",
+    "cache-control": "Cache-Control", "content-disposition": "Content-Disposition",
+    "content-encoding": "Content-Encoding", "etag": "ETag",
+}
+PREFIX = "X-S3cache-"
+
+
+@dataclass
+class HitAnswer:
+    status: int                                   # 204: serve the file; 304 / 412: answer with this
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def load_meta(layout: Layout, ref: ObjectRef) -> dict:
+    try:
+        with open(layout.meta_path(ref), encoding="utf-8") as fh:
+            return json.load(fh).get("headers", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def s3_headers(stored: Mapping[str, str], raw_query: str) -> dict[str, str]:
+    """The headers S3 answers a GET of this URL with (those we keep), lower-case names."""
+    out = {k: v for k, v in stored.items() if k in CANONICAL}
+    params = dict(parse_qsl(raw_query, keep_blank_values=True))
+    for header, param in OVERRIDABLE.items():
+        if param in params:
+            out[header] = params[param]
+    return out
+
+
+def _http_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _etags(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _weak_match(tags: list[str], etag: str) -> bool:
+    bare = etag.removeprefix("W/")
+    return any(t == "*" or t.removeprefix("W/") == bare for t in tags)
+
+
+def _strong_match(tags: list[str], etag: str) -> bool:
+    return any(t == "*" or (not t.startswith("W/") and not etag.startswith("W/") and t == etag) for t in tags)
+
+
+def answer(method: str, request_headers: Mapping[str, str], stored: Mapping[str, str], raw_query: str,
+           mtime: float) -> HitAnswer:
+    """What to do with a hit the client may read: serve it (204, with headers for Caddy), 304 or 412."""
+    headers = s3_headers(stored, raw_query)
+    etag = stored.get("etag", "")
+    last_modified = int(_http_time(stored.get("last-modified")) or mtime)
+
+    def get(name: str) -> str | None:
+        return request_headers.get(name)
+
+    # RFC 9110 13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else If-Modified-Since.
+    if get("If-Match") is not None:
+        if not etag or not _strong_match(_etags(get("If-Match")), etag):
+            return HitAnswer(412, _validators(etag, last_modified))
+    elif (ius := _http_time(get("If-Unmodified-Since"))) is not None and last_modified > ius:
+        return HitAnswer(412, _validators(etag, last_modified))
+    if get("If-None-Match") is not None:
+        if etag and _weak_match(_etags(get("If-None-Match")), etag):
+            return HitAnswer(304, {**_validators(etag, last_modified), **_cache_headers(headers)})
+    elif (ims := _http_time(get("If-Modified-Since"))) is not None and last_modified <= ims:
+        return HitAnswer(304, {**_validators(etag, last_modified), **_cache_headers(headers)})
+
+    out = {PREFIX + CANONICAL[k]: v for k, v in headers.items()}
+    rng = get("Range")
+    if rng and method == "GET" and _if_range_holds(get("If-Range"), etag, last_modified):
+        out["Range"] = rng  # Caddy keeps only the request headers we hand back
+    return HitAnswer(204, out)
+
+
+def _if_range_holds(if_range: str | None, etag: str, last_modified: int) -> bool:
+    if if_range is None:
+        return True
+    if if_range.startswith('"') or if_range.startswith("W/"):
+        return bool(etag) and _strong_match([if_range], etag)
+    when = _http_time(if_range)
+    return when is not None and int(when) == last_modified
+
+
+def _validators(etag: str, last_modified: int) -> dict[str, str]:
+    out = {"Last-Modified": email.utils.formatdate(last_modified, usegmt=True)}
+    if etag:
+        out["ETag"] = etag
+    return out
+
+
+def _cache_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {CANONICAL[k]: v for k, v in headers.items() if k in ("cache-control", "expires")}
+
+
+def object_mtime(layout: Layout, ref: ObjectRef) -> float:
+    return os.stat(layout.object_path(ref)).st_mtime
