@@ -55,6 +55,7 @@ def caddy_environment(config: Config, layout: Layout, base: dict[str, str]) -> d
         "S3CACHE_SIDECAR": str(config.sidecar_listen),
         "S3CACHE_UPSTREAM": config.upstream,
         "S3CACHE_ACCESS": config.access,
+        "S3CACHE_TTL": "" if config.ttl is None else f"{config.ttl:g}",
         "HOME": str(state),
         "XDG_DATA_HOME": str(state / "data"),
         "XDG_CONFIG_HOME": str(state / "config"),

@@ -61,6 +61,19 @@ def _optional_positive_int(value: str) -> int | None:
     return _positive_int(value) if value else None
 
 
+def _optional_positive_float(value: str) -> float | None:
+    return _positive_float(value) if value else None
+
+
+def _on_off(value: str) -> bool:
+    v = value.lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off, got {value!r}")
+
+
 def _percent(value: str) -> float:
     n = float(value)
     if not 0 < n <= 100:
@@ -163,6 +176,11 @@ SETTINGS: tuple[Setting, ...] = (
             "verify mode: a file of ACCESS_KEY_ID:SECRET pairs, one per line (# comments)."),
     Setting("S3CACHE_REVALIDATE_ON_ERROR", "closed", _choice("closed", "open"),
             "revalidate mode, when S3 cannot be reached: closed (refuse with 503) or open (serve the cached copy)."),
+    Setting("S3CACHE_TTL", "", _optional_positive_float,
+            "Seconds after which a cached object is revalidated with S3 before it is served again "
+            "(empty: objects are immutable)."),
+    Setting("S3CACHE_FILL_ON_RANGE", "on", _on_off,
+            "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES)."),
     Setting("S3CACHE_EVICT_HIGH", "90", _percent,
             "Start evicting when usage exceeds this percent."),
     Setting("S3CACHE_EVICT_LOW", "80", _percent,
@@ -191,6 +209,8 @@ class Config:
     signing_keys: dict
     signing_keys_file: dict
     revalidate_on_error: str
+    ttl: float | None
+    fill_on_range: bool
     evict_high: float
     evict_low: float
     evict_interval: float

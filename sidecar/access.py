@@ -9,8 +9,8 @@ file, anything else is relayed to the client instead of the bytes.
 - ``revalidate``: ask S3 itself, with the client's own URL, conditionally
   (``If-None-Match`` with the cached ETag).  ``304`` means S3 would have served
   this very object to this very URL; no body bytes move.
-
-``open`` never reaches this module: Caddy serves hits alone.
+- with ``S3CACHE_TTL``, ``verify`` and ``open`` revalidate the same way once
+  an entry is older than the TTL (``open`` reaches this module only then).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flask import Response
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest, parse_uri
-from sidecar import hit_headers
+from sidecar import freshness, hit_headers
 from sidecar.fill import Filler
 from sidecar.miss import upstream_url
 from sidecar.s3errors import error_response
@@ -79,13 +79,17 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     except (BadRequest, Uncacheable):
         # Caddy only asks about paths that exist on disk; anything else is not ours to serve.
         return deny(403, "AccessDenied", "Access Denied")
+    if config.access == "revalidate":
+        return revalidate(hit, ref, config, layout, filler, session)
     if config.access == "verify":
         verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query,
                                    upstream_host(config), config.keys(), headers=hit.headers)
-        if verdict.ok:
-            return allow(hit, ref, layout)
-        return deny(verdict.status, verdict.code, verdict.message, parsed.raw_path)
-    return revalidate(hit, ref, config, layout, filler, session)
+        if not verdict.ok:
+            return deny(verdict.status, verdict.code, verdict.message, parsed.raw_path)
+    # verify (signature good) or open: S3 is asked only once the entry is older than S3CACHE_TTL.
+    if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
+        return revalidate(hit, ref, config, layout, filler, session)
+    return allow(hit, ref, layout)
 
 
 def upstream_host(config: Config) -> str:
@@ -129,6 +133,8 @@ def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, 
     try:
         status = resp.status_code
         if status == 304:
+            if config.ttl is not None:
+                freshness.mark_validated(layout, ref)
             return allow(hit, ref, layout)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:

@@ -43,6 +43,8 @@ def plan_miss(method: str, raw_uri: str, headers: Mapping[str, str], config: Con
         return redirect_only("raw '+' in path (S3 may read it as a space)")
     if parsed.subresources:
         return redirect_only("sub-resource " + ",".join(parsed.subresources))
+    if not config.fill_on_range and any(k.lower() == "range" for k in headers.keys()):
+        return redirect_only("range request (S3CACHE_FILL_ON_RANGE=off)")
     if any(k.lower() == "authorization" for k in headers.keys()):
         # A header signature names the proxy's host and cannot be replayed to S3.
         return redirect_only("header-signed request")
