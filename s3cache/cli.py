@@ -97,6 +97,20 @@ def cmd_evict(args: argparse.Namespace) -> int:
     return run_once(config, dry_run=args.dry_run)
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    from sidecar.warm import read_urls, warm  # imported late: only this subcommand needs it
+
+    config = Config.from_env(load_environment(args.env_file))
+    if args.parallel < 1:
+        raise ConfigError("--parallel: must be at least 1")
+    if args.urls_file == "-":
+        jobs = read_urls(sys.stdin)
+    else:
+        with open(args.urls_file, encoding="utf-8") as fh:
+            jobs = read_urls(fh)
+    return warm(jobs, config, args.parallel, progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3cache", description="A drop-in caching proxy for Amazon S3.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         evict.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
         evict.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
         evict.set_defaults(func=cmd_evict)
+    warm = sub.add_parser("warm", help="fill the cache from a file of (presigned) URLs, one per line")
+    warm.add_argument("urls_file", metavar="URLS_FILE", help="one URL per line ('-': standard input)")
+    warm.add_argument("--parallel", type=int, default=4, help="fetches at once (default 4)")
+    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    warm.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
+    warm.set_defaults(func=cmd_warm)
     return parser
 
 
