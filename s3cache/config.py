@@ -8,6 +8,7 @@ whose message is one line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -48,6 +49,28 @@ def _upstream(value: str) -> str:
     if netloc.endswith(default):
         netloc = netloc[: -len(default)]
     return f"{parts.scheme}://{netloc}"
+
+
+def _nodes(value: str) -> tuple[HostPort, ...]:
+    """Cache nodes for the front tier: HOST:PORT, comma-separated; empty when this is not a front."""
+    if not value:
+        return ()
+    nodes: list[HostPort] = []
+    for n, item in enumerate(value.split(","), 1):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"node {n} is empty (a stray comma?) in {value!r}")
+        try:
+            node = _host_port(item)
+        except ValueError as exc:
+            raise ValueError(f"node {n}: {exc}") from None
+        # Caddy gets the list space-separated, and the node string is part of the shard hash.
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", node.host):
+            raise ValueError(f"node {n}: expected HOST:PORT (a hostname or IP address), got {item!r}")
+        if node in nodes:
+            raise ValueError(f"node {n}: {node} is listed twice")
+        nodes.append(node)
+    return tuple(nodes)
 
 
 def _positive_int(value: str) -> int:
@@ -163,6 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Cache directory (objects/, meta/, tmp/ ... live inside)."),
     Setting("S3CACHE_MAX_OBJECT_BYTES", "", _optional_positive_int,
             "Objects larger than this are never cached (empty: no limit)."),
+    Setting("S3CACHE_MISS", "redirect", _choice("redirect", "stream"),
+            "What a miss does: redirect (to S3, then fill in the background) or stream (through the "
+            "sidecar while it is cached: the object leaves S3 once instead of twice)."),
     Setting("S3CACHE_FILL_WORKERS", "4", _positive_int,
             "Background fetches running at once."),
     Setting("S3CACHE_FILL_TIMEOUT", "60", _positive_float,
@@ -189,6 +215,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between eviction passes."),
     Setting("S3CACHE_MAX_BYTES", "", _optional_positive_int,
             "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only."),
+    Setting("S3CACHE_NODES", "", _nodes,
+            "Front tier only (s3cache up --front): the cache nodes' HOST:PORT, comma-separated; each object "
+            "path is routed to one of them."),
 )
 
 
@@ -203,6 +232,7 @@ class Config:
     sidecar_listen: HostPort
     dir: str
     max_object_bytes: int | None
+    miss: str
     fill_workers: int
     fill_timeout: float
     access: str
@@ -215,6 +245,7 @@ class Config:
     evict_low: float
     evict_interval: float
     max_bytes: int | None
+    nodes: tuple[HostPort, ...]
 
     def keys(self) -> dict[str, str]:
         """Every signing key, from the variable and the file together."""

@@ -74,6 +74,13 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             plan = plan_miss(request.method, raw_uri, request.headers, config, layout)
         except BadRequest as exc:
             return error_response(exc.status, exc.code, exc.message)
+        if plan.fill is not None and config.miss == "stream" and "Range" not in request.headers:
+            streamed = filler.stream(plan.fill, plan.location)
+            if streamed is not None:
+                resp = Response(streamed.body, status=streamed.status, headers=streamed.headers)
+                resp.headers["X-Cache"] = "MISS"
+                return resp
+            # Another fill holds the object (or it just arrived): redirect as usual.
         if plan.fill is not None:
             filler.submit(plan.fill, plan.location)
         else:

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import requests
 import urllib3
@@ -193,6 +194,9 @@ class Filler:
             with self._lock:
                 self.in_progress -= 1
                 self._pending.discard(ref)
+        self._record(result)
+
+    def _record(self, result: FillResult) -> None:
         with self._lock:
             key = result.outcome if result.outcome != "failed" else f"failed:{result.reason}"
             self.outcomes[key] += 1
@@ -234,32 +238,16 @@ class Filler:
                 return FillResult("cached")
             os.ftruncate(fd, 0)
             if response is None:
-                with self.session.get(url, stream=True, timeout=(self.timeout, self.timeout), allow_redirects=False,
-                                      headers={"Accept-Encoding": "identity"}) as resp:
-                    headers, size = self._download(resp, fd)
+                with self._get(url) as resp:
+                    headers, size = self._copy_all(resp, fd)
             else:
-                headers, size = self._download(response, fd)
-            last_modified = _http_date(headers.get("last-modified"))
-            now = time.time()
-            os.utime(fd, (now, last_modified or now))
-            if replace:
-                # Old metadata goes first: a revalidation racing this swap then
-                # falls back to If-Modified-Since and sees a change, never an
-                # old body under the new ETag.
-                _unlink_quietly(str(self.layout.meta_path(ref)))
-            _rename_into(tmp, final)
-            self._write_meta(ref, headers, size)
+                headers, size = self._copy_all(response, fd)
+            self._commit(ref, fd, tmp, final, headers, replace)
             seconds = time.monotonic() - started
             log.info("filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
             return FillResult("filled", bytes=size, seconds=seconds)
-        except FillFailed as exc:
+        except FILL_ERRORS as exc:
             _unlink_quietly(tmp)  # we still hold the lock, so it is ours to remove
-            log.warning("not caching %s: %s", ref.name, exc)
-            return FillResult("failed", exc.reason)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            # Reading resp.raw raises urllib3's own errors (a connection cut
-            # mid-body is ProtocolError), not requests'.
-            _unlink_quietly(tmp)
             reason = _failure_reason(exc)
             log.warning("not caching %s: %s: %s", ref.name, reason, exc)
             return FillResult("failed", reason)
@@ -269,7 +257,92 @@ class Filler:
         finally:
             os.close(fd)  # releases the flock
 
-    def _download(self, resp: requests.Response, fd: int) -> tuple[dict[str, str], int]:
+    # -- one miss streamed to the client while it is cached (S3CACHE_MISS=stream) ---------
+
+    def stream(self, ref: ObjectRef, url: str) -> "StreamedMiss | None":
+        """Fetch ``url`` once for both the client and the cache; None: redirect instead.
+
+        None when another fill of ``ref`` holds the lock (its bytes cannot be
+        teed) or the object arrived meanwhile.  A non-200 from S3 is relayed
+        as is; a 200 that cannot be cached (too large, SSE-C, ...) is still
+        streamed, just not kept.
+        """
+        final = str(self.layout.object_path(ref))
+        tmp = str(self.layout.temp_path(ref))
+        fd = _FillLock.acquire(tmp)
+        if fd is None:
+            return None
+        resp = None
+        try:
+            if os.path.isfile(final):
+                os.unlink(tmp)
+                os.close(fd)
+                return None
+            os.ftruncate(fd, 0)
+            resp = self._get(url)
+            if resp.status_code == 200:
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                try:
+                    plan = self._check(resp)
+                except FillFailed as exc:
+                    log.info("streaming %s uncached: %s", ref.name, exc)
+                    plan = None
+                body = self._stream_body(ref, resp, fd, tmp, final, headers, plan)
+                return StreamedMiss(200, _client_headers(headers), body)
+            relayed = resp.raw.read(64 * 1024, decode_content=False)
+            status, headers = resp.status_code, _client_headers({k.lower(): v for k, v in resp.headers.items()})
+            headers.pop("Content-Length", None)
+            resp.close()
+            _unlink_quietly(tmp)
+            os.close(fd)
+            self._record(FillResult("failed", f"status-{status}"))
+            return StreamedMiss(status, headers, [relayed])
+        except FILL_ERRORS as exc:
+            if resp is not None:
+                resp.close()
+            _unlink_quietly(tmp)
+            os.close(fd)
+            log.warning("cannot stream %s: %s", ref.name, exc)
+            return None
+
+    def _stream_body(self, ref, resp, fd, tmp, final, headers, plan) -> Iterator[bytes]:
+        started = time.monotonic()
+        committed = False
+        size = 0
+        try:
+            if plan is None:  # stream only
+                _unlink_quietly(tmp)
+                while chunk := resp.raw.read(CHUNK, decode_content=False):
+                    yield chunk
+                return
+            for chunk in self._copy(resp, fd, *plan):
+                size += len(chunk)
+                yield chunk
+            self._commit(ref, fd, tmp, final, headers, replace=False)
+            committed = True
+            seconds = time.monotonic() - started
+            log.info("streamed and filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
+            self._record(FillResult("filled", bytes=size, seconds=seconds))
+        except FILL_ERRORS as exc:
+            # The client has had what S3 sent; only the cache declines it.
+            reason = _failure_reason(exc)
+            log.warning("not caching streamed %s: %s: %s", ref.name, reason, exc)
+            self._record(FillResult("failed", reason))
+        finally:
+            # Also reached when the client goes away mid-body (the server closes us).
+            if not committed:
+                _unlink_quietly(tmp)
+            os.close(fd)
+            resp.close()
+
+    # -- the steps every fill shares ----------------------------------------------------
+
+    def _get(self, url: str) -> requests.Response:
+        return self.session.get(url, stream=True, timeout=(self.timeout, self.timeout), allow_redirects=False,
+                                headers={"Accept-Encoding": "identity"})
+
+    def _check(self, resp: requests.Response) -> tuple[int, str | None]:
+        """(expected length, expected MD5 or None) of a response we may cache; FillFailed if not."""
         if resp.status_code != 200:
             raise FillFailed(f"status-{resp.status_code}")
         headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -284,6 +357,10 @@ class Filler:
         # SSE-KMS ETags are not the MD5 of the body.
         md5_expected = None if "aws:kms" in headers.get("x-amz-server-side-encryption", "") \
             else _plain_md5_etag(headers.get("etag"))
+        return expected, md5_expected
+
+    def _copy(self, resp: requests.Response, fd: int, expected: int, md5_expected: str | None) -> Iterator[bytes]:
+        """Write the body to ``fd``, yielding each chunk; verify length and MD5 at the end."""
         digest = hashlib.md5() if md5_expected else None
         size = 0
         with open(fd, "wb", closefd=False, buffering=0) as out:
@@ -298,12 +375,29 @@ class Filler:
                 out.write(chunk)
                 if digest:
                     digest.update(chunk)
+                yield chunk
         if size != expected:
             raise FillFailed("truncated", f"{size} of {expected} bytes")
         if digest and digest.hexdigest() != md5_expected:
             raise FillFailed("md5-mismatch", "body does not match the ETag")
         os.fsync(fd)
-        return headers, size
+
+    def _copy_all(self, resp: requests.Response, fd: int) -> tuple[dict[str, str], int]:
+        plan = self._check(resp)
+        size = sum(len(chunk) for chunk in self._copy(resp, fd, *plan))
+        return {k.lower(): v for k, v in resp.headers.items()}, size
+
+    def _commit(self, ref: ObjectRef, fd: int, tmp: str, final: str, headers: dict[str, str], replace: bool) -> None:
+        last_modified = _http_date(headers.get("last-modified"))
+        now = time.time()
+        os.utime(fd, (now, last_modified or now))
+        if replace:
+            # Old metadata goes first: a revalidation racing this swap then
+            # falls back to If-Modified-Since and sees a change, never an
+            # old body under the new ETag.
+            _unlink_quietly(str(self.layout.meta_path(ref)))
+        _rename_into(tmp, final)
+        self._write_meta(ref, headers, os.fstat(fd).st_size)
 
     def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> None:
         """Best effort: an object without metadata is still served and revalidated (by mtime)."""
@@ -323,7 +417,29 @@ class Filler:
             _unlink_quietly(tmp)
             log.warning("cached %s without metadata: %s", ref.name, exc)
 
+# What a fetch can fail with: ours, requests', urllib3's (reading resp.raw: a
+# connection cut mid-body is ProtocolError) and the disk's.
+FILL_ERRORS = (FillFailed, requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+@dataclass(frozen=True)
+class StreamedMiss:
+    status: int
+    headers: dict[str, str]
+    body: Iterable[bytes]
+
+
+def _client_headers(headers: dict[str, str]) -> dict[str, str]:
+    """S3's response headers worth passing to the client of a streamed miss."""
+    keep = {k: v for k, v in headers.items()
+            if k in KEPT_HEADERS or k.startswith("x-amz-meta-") or k in ("content-length", "accept-ranges")}
+    return {"-".join(p.capitalize() for p in k.split("-")) if not k.startswith("x-amz") else k: v
+            for k, v in keep.items()}
+
+
 def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, FillFailed):
+        return exc.reason
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
         return "timeout"
     if isinstance(exc, urllib3.exceptions.ProtocolError):
