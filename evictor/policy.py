@@ -17,16 +17,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from evictor.scan import FileTable
-from s3cache.usage import FsUsage, UsageFn, statvfs_usage  # noqa: F401  (re-exported for the evictor)
+from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent  # noqa: F401  (re-exported for the evictor)
 
 
-
-
-def usage_percent(fs: FsUsage, cache_bytes: int, max_bytes: int | None) -> float:
-    pct = fs.percent
-    if max_bytes:
-        pct = max(pct, 100.0 * cache_bytes / max_bytes)
-    return pct
 
 
 def _below(percent: float, of: int) -> int:

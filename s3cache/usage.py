@@ -31,3 +31,11 @@ def statvfs_usage(path: os.PathLike | str) -> UsageFn:
         st = os.statvfs(path)
         return FsUsage(used=(st.f_blocks - st.f_bfree) * st.f_frsize, avail=st.f_bavail * st.f_frsize)
     return usage
+
+
+def usage_percent(fs: FsUsage, cache_bytes: int, max_bytes: int | None) -> float:
+    """The eviction measure: the larger of the disk's used percent and cache bytes / S3CACHE_MAX_BYTES."""
+    pct = fs.percent
+    if max_bytes:
+        pct = max(pct, 100.0 * cache_bytes / max_bytes)
+    return pct

@@ -208,6 +208,12 @@ class Filler:
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def stats(self) -> dict:
+        """A consistent copy of the counters, for the status page and metrics (sidecar.collector)."""
+        with self._lock:
+            return {"in_progress": self.in_progress, "outcomes": dict(self.outcomes),
+                    "bytes_filled": self.bytes_filled, "durations": list(self.durations)}
+
     # -- one fill ---------------------------------------------------------------------
 
     def fill(self, ref: ObjectRef, url: str, response: requests.Response | None = None) -> FillResult:
