@@ -119,3 +119,22 @@ def raw_request(method: str, url: str, headers: dict | None = None, timeout: flo
     req = requests.Request(method, url, headers=headers or {}).prepare()
     req.url = url
     return session.send(req, allow_redirects=False, timeout=timeout)
+
+
+class FrontStack(Stack):
+    """The front tier (`s3cache up --front`: Caddy alone) on 127.0.0.1, sharding object paths across ``nodes``.
+
+    Its S3CACHE_DIR holds only run/ (the supervisor's status and Caddy's private HOME).
+    """
+
+    def __init__(self, workdir: Path, upstream: str, nodes: list[Stack], **env: str):
+        node_list = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+        super().__init__(workdir, upstream, **{"S3CACHE_NODES": node_list, **env})
+        self.nodes = nodes
+
+    def start(self, timeout: float = 20.0) -> "FrontStack":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--front"], env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_healthy(timeout)
+        return self
