@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 from evictor.report import Errors, write_atomic
 from s3cache.layout import Layout
+from s3cache.addressing import Addressing
 from s3cache.request_path import BadRequest, parse_uri
 
 LOG_NAME = "access.log"
@@ -90,8 +91,10 @@ def save_cursor(layout: Layout, cursor: Cursor) -> None:
 # -- one line ----------------------------------------------------------------------
 
 
-def parse_hit(line: bytes) -> tuple[str, int] | None:
-    """``(raw path, hit time in ns)`` for a cache hit; None for any other request.
+def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
+    """``((host, raw path), hit time in ns)`` for a cache hit; None for any other request.
+
+    The host matters for virtual-hosted requests, where it names the bucket.
 
     The raw path is in the form ``request_path.parse_uri`` expects (latin-1
     text of the request's bytes, as WSGI hands the sidecar).  Raises
@@ -116,12 +119,13 @@ def parse_hit(line: bytes) -> tuple[str, int] | None:
     # Caddy logs the raw request line; JSON gave us its UTF-8 reading.  Back
     # to bytes, then to the latin-1 text parse_uri decodes like the sidecar does.
     raw = uri.encode("utf-8", "surrogatepass").decode("latin-1")
-    return raw.partition("?")[0], int(ts * 1e9)
+    host = req.get("host") if isinstance(req.get("host"), str) else ""
+    return (host, raw.partition("?")[0]), int(ts * 1e9)
 
 
 @dataclass
 class LogRead:
-    hits: dict[str, int] = field(default_factory=dict)  # raw path -> latest hit (ns)
+    hits: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> latest hit (ns)
     lines: int = 0
     malformed: int = 0
     files: list[str] = field(default_factory=list)
@@ -266,12 +270,13 @@ def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Error
 # -- hits -> atimes ---------------------------------------------------------------------
 
 
-def resolve(layout: Layout, hits: dict[str, int]) -> dict[bytes, int]:
-    """Raw request paths -> object file paths (the same reading of a URI as the sidecar's)."""
+def resolve(layout: Layout, hits: dict[tuple[str, str], int],
+            addressing: Addressing | None = None) -> dict[bytes, int]:
+    """(host, raw path) of each hit -> object file paths (the same reading of a request as the sidecar's)."""
     out: dict[bytes, int] = {}
-    for raw_path, ns in hits.items():
+    for (host, raw_path), ns in hits.items():
         try:
-            parsed = parse_uri(raw_path)
+            parsed = addressing.resolve(host, raw_path).parsed if addressing else parse_uri(raw_path)
             if not parsed.key:
                 continue
             path = os.fsencode(str(layout.object_path(parsed.ref)))

@@ -63,7 +63,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
     try:
         # 1. Recency first, so the scan sees this pass's hits.
         log = accesslog.read_new(layout, accesslog.load_cursor(layout), now=started, errors=errors)
-        hit_paths = accesslog.resolve(layout, log.hits)
+        hit_paths = accesslog.resolve(layout, log.hits, config.addressing)
         summary.log_lines, summary.log_hits = log.lines, len(hit_paths)
         if not dry_run:
             summary.atimes_refreshed = accesslog.refresh_atimes(hit_paths, errors)

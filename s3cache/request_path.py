@@ -77,8 +77,9 @@ def _decode(raw: str, what: str) -> str:
     return text
 
 
-def parse_uri(raw_uri: str) -> ParsedURI:
-    """Parse a path-style request URI ``/bucket/key?query``.
+def parse_uri(raw_uri: str, bucket: str | None = None) -> ParsedURI:
+    """Parse a request URI: path-style ``/bucket/key?query``, or ``/key?query`` when the bucket
+    is already known from the Host (virtual-hosted style; see s3cache.addressing).
 
     Raises BadRequest for anything S3 would refuse.  ``key`` is '' for
     ``/bucket`` and ``/bucket/`` (bucket-level requests).
@@ -88,8 +89,11 @@ def parse_uri(raw_uri: str) -> ParsedURI:
         raise BadRequest(400, "InvalidURI", "Couldn't parse the specified URI: the path must start with '/'.")
     if len(raw_path) > MAX_RAW_PATH:
         raise BadRequest(414, "RequestURITooLong", "The request URI is too long.")
-    raw_bucket, _, raw_key = raw_path[1:].partition("/")
-    bucket = _decode(raw_bucket, "bucket name")
+    if bucket is None:
+        raw_bucket, _, raw_key = raw_path[1:].partition("/")
+        bucket = _decode(raw_bucket, "bucket name")
+    else:
+        raw_key = raw_path[1:]
     if not bucket:
         raise BadRequest(400, "InvalidRequest", "No bucket in the request path.")
     if not is_valid_bucket(bucket):

@@ -20,17 +20,17 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Mapping
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import requests
 from flask import Response
 
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef, Uncacheable
-from s3cache.request_path import BadRequest, parse_uri
+from s3cache.request_path import BadRequest
 from sidecar import freshness, hit_headers
 from sidecar.fill import Filler
-from sidecar.miss import upstream_url
+from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
 from sidecar.signatures import verify_presigned
 
@@ -47,6 +47,11 @@ class HitRequest:
     method: str      # GET or HEAD, as the client sent it
     raw_uri: str
     headers: Mapping[str, str]
+    host: str = ""   # the client's Host: names the bucket for virtual-hosted requests
+
+    @property
+    def raw_query(self) -> str:
+        return self.raw_uri.partition("?")[2]
 
 
 def allow(hit: HitRequest, ref: ObjectRef, layout: Layout) -> Response:
@@ -56,7 +61,7 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout) -> Response:
     except FileNotFoundError:  # evicted since Caddy looked
         return deny(404, "NoSuchKey", "The specified key does not exist.")
     result = hit_headers.answer(hit.method, hit.headers, hit_headers.load_meta(layout, ref),
-                                parse_uri(hit.raw_uri).raw_query, mtime)
+                                hit.raw_query, mtime)
     resp = Response(status=result.status)
     resp.headers.update(result.headers)
     if result.status != 204:
@@ -73,27 +78,27 @@ def deny(status: int, code: str, message: str, resource: str = "") -> Response:
 def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
               session: requests.Session) -> Response:
     try:
-        parsed = parse_uri(hit.raw_uri)
+        resolved = config.addressing.resolve(hit.host, hit.raw_uri)
+        parsed = resolved.parsed
         ref = parsed.ref
         layout.object_path(ref)
     except (BadRequest, Uncacheable):
         # Caddy only asks about paths that exist on disk; anything else is not ours to serve.
         return deny(403, "AccessDenied", "Access Denied")
+    url = resolved.upstream_url
     if config.access == "revalidate":
-        return revalidate(hit, ref, config, layout, filler, session)
+        return revalidate(hit, ref, url, config, layout, filler, session)
     if config.access == "verify":
-        verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query,
-                                   upstream_host(config), config.keys(), headers=hit.headers)
+        # The Host S3 would have seen: SigV4 signs it; SigV2 signs /bucket/key whatever the style.
+        verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query, resolved.upstream_host,
+                                   config.keys(), headers=hit.headers,
+                                   bucket=parsed.bucket if resolved.virtual else None)
         if not verdict.ok:
             return deny(verdict.status, verdict.code, verdict.message, parsed.raw_path)
     # verify (signature good) or open: S3 is asked only once the entry is older than S3CACHE_TTL.
     if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
-        return revalidate(hit, ref, config, layout, filler, session)
+        return revalidate(hit, ref, url, config, layout, filler, session)
     return allow(hit, ref, layout)
-
-
-def upstream_host(config: Config) -> str:
-    return urlsplit(config.upstream).netloc
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
@@ -115,14 +120,13 @@ def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[s
     return out
 
 
-def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, filler: Filler,
+def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
                session: requests.Session) -> Response:
-    url = upstream_url(config, hit.raw_uri)
     try:
         validators = _cached_validators(layout, ref)
     except FileNotFoundError:
         return deny(404, "NoSuchKey", "The specified key does not exist.")
-    headers = {**_signed_client_headers(parse_uri(hit.raw_uri).raw_query, hit.headers), **validators,
+    headers = {**_signed_client_headers(hit.raw_query, hit.headers), **validators,
                "Accept-Encoding": "identity"}
     try:
         resp = session.request(hit.method, url, headers=headers, stream=True,
@@ -144,10 +148,8 @@ def revalidate(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, 
                 keep_open = filler.refresh(ref, url, resp)
             else:
                 remove_cached(layout, ref)  # a HEAD-signed URL cannot fetch the new body
-            redirect = Response(status=307)
-            redirect.headers.update({"Location": url, "X-Cache": "MISS", "Cache-Control": "no-store"})
             log.info("stale %s: changed at the origin; redirected and refreshing", ref.name)
-            return redirect
+            return redirect_307(url)
         if status >= 500:
             return _unreachable(hit, ref, config, layout, f"origin answered {status}")
         if status == 404:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef, Uncacheable
-from s3cache.request_path import parse_uri
+from s3cache.addressing import Resolved
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,17 @@ class MissPlan:
     why_not: str = ""       # why it is not filled (for logs)
 
 
-def upstream_url(config: Config, raw_uri: str) -> str:
-    return config.upstream + raw_uri
-
-
-def plan_miss(method: str, raw_uri: str, headers: Mapping[str, str], config: Config, layout: Layout) -> MissPlan:
+def plan_miss(method: str, raw_uri: str, headers: Mapping[str, str], config: Config, layout: Layout,
+              host: str = "") -> MissPlan:
     """Raises request_path.BadRequest for requests S3 itself would refuse."""
-    parsed = parse_uri(raw_uri)
-    location = upstream_url(config, raw_uri)
+    resolved = config.addressing.resolve(host, raw_uri)
+    return plan_resolved(method, resolved, headers, config, layout)
+
+
+def plan_resolved(method: str, resolved: Resolved, headers: Mapping[str, str], config: Config,
+                  layout: Layout) -> MissPlan:
+    parsed = resolved.parsed
+    location = resolved.upstream_url
 
     def redirect_only(why: str) -> MissPlan:
         return MissPlan(location, None, why)

@@ -14,7 +14,6 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterable, TextIO
-from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -22,7 +21,7 @@ from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
 from sidecar.fill import Filler, FillResult
-from sidecar.miss import plan_miss
+from sidecar.miss import plan_resolved
 
 # Failure reasons listed per kind in the summary; the rest are counted.
 SHOWN_PER_REASON = 5
@@ -43,18 +42,9 @@ def read_urls(lines: Iterable[str]) -> list[Job]:
     return jobs
 
 
-def _raw_uri(url: str) -> str:
-    """Path and query exactly as written: urlsplit would not re-encode, but keep it explicit."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BadRequest(400, "InvalidURI", "not an http(s) URL")
-    rest = url.split(parts.netloc, 1)[1]
-    return rest.split("#", 1)[0] or "/"
-
-
 def warm_one(job: Job, config: Config, layout: Layout, filler: Filler) -> FillResult:
     try:
-        plan = plan_miss("GET", _raw_uri(job.url), {}, config, layout)
+        plan = plan_resolved("GET", config.addressing.resolve_url(job.url), {}, config, layout)
     except BadRequest as exc:
         return FillResult("failed", f"bad URL ({exc.message})")
     if plan.fill is None:

@@ -68,7 +68,7 @@ def roll(cache: Cache, gz: bool) -> None:
 
 
 def test_a_real_caddy_hit_line_gives_the_path_and_time():
-    assert accesslog.parse_hit(CADDY_2_11_HIT_LINE) == ("/bkt/dir/a.txt", 1795535564020305664)
+    assert accesslog.parse_hit(CADDY_2_11_HIT_LINE) == (("127.0.0.1:18999", "/bkt/dir/a.txt"), 1795535564020305664)
 
 
 def test_a_real_caddy_miss_line_is_no_hit():
@@ -82,6 +82,16 @@ def test_raw_utf8_and_percent_encoded_paths_reach_the_same_object(cache):
     want = os.fsencode(str(cache.layout.objects_dir / "bkt" / "café.bin"))
     assert list(accesslog.resolve(cache.layout, {raw_utf8: 1})) == [want]
     assert list(accesslog.resolve(cache.layout, {encoded: 1})) == [want]
+
+
+def test_a_virtual_hosted_hit_names_its_bucket_in_the_host(cache):
+    from s3cache.addressing import Addressing
+    cache.put("café.bin", atime_ns=ns_ago(48))
+    line = caddy_line("/caf%C3%A9.bin", NOW).replace('"host":"127.0.0.1:8080"', '"host":"bkt.cache.example.com"')
+    key = accesslog.parse_hit(line.encode())[0]
+    want = os.fsencode(str(cache.layout.objects_dir / "bkt" / "café.bin"))
+    vhosts = Addressing("https://s3.amazonaws.com", domain="cache.example.com")
+    assert list(accesslog.resolve(cache.layout, {key: 1}, vhosts)) == [want]
 
 
 def test_malformed_and_foreign_lines_are_skipped_and_the_good_ones_still_count(cache):

@@ -69,6 +69,17 @@ def split_request_uri(environ: dict[str, Any]) -> tuple[str, str]:
     return path or "/", query
 
 
+VHOST_SUFFIX = ".localhost"
+
+
+def vhost_bucket_of(host: str) -> str | None:
+    """``bucket`` for a Host of ``bucket.localhost[:port]`` (virtual-hosted style), else None."""
+    name = host.lower().rsplit(":", 1)[0]
+    if name.endswith(VHOST_SUFFIX) and len(name) > len(VHOST_SUFFIX):
+        return name[: -len(VHOST_SUFFIX)]
+    return None
+
+
 def uri_for_moto(raw_path: str, raw_query: str) -> str:
     """RAW_URI for moto: ASCII, with S3's reading of '+' (a space) spelled out."""
     data = raw_path.replace("+", "%20").encode("utf-8", "surrogateescape")
@@ -123,18 +134,27 @@ class OriginApp:
         raw_path, raw_query = split_request_uri(environ)
         if raw_path.startswith(CONTROL_PREFIX):
             return self._control(environ, start_response, raw_path)
+        # Virtual-hosted style, as S3 has it: the bucket is the first label of
+        # <bucket>.localhost. Only the checker sees the path as sent; moto and
+        # the counters get the path-style equivalent.
+        vhost_bucket = vhost_bucket_of(environ.get("HTTP_HOST", ""))
+        signed_path = raw_path
+        headers = request_headers(environ)  # as sent: SigV4 signs the Host
+        if vhost_bucket:
+            raw_path = f"/{vhost_bucket}{raw_path}"
+            environ["PATH_INFO"] = f"/{vhost_bucket}{environ.get('PATH_INFO', '')}"
+            environ["HTTP_HOST"] = environ["HTTP_HOST"].split(".", 1)[1]  # moto sees path-style
         # moto reads RAW_URI (set by werkzeug/gunicorn, not waitress) to get
         # the undecoded key; without it it decodes PATH_INFO a second time
         # and mangles keys containing '%'. S3 reads a literal '+' in the path
         # as a space (only %2B is a plus); moto keeps it as '+'.
         environ["RAW_URI"] = uri_for_moto(raw_path, raw_query)
         method = environ["REQUEST_METHOD"].upper()
-        headers = request_headers(environ)
         key = decoded_path(raw_path)
         record = self.stats.begin(method=method, path=raw_path, query=raw_query, key=key,
                                   auth=None, headers=headers)
 
-        auth, denial = self._authorize(method, raw_path, raw_query, headers, key)
+        auth, denial = self._authorize(method, signed_path, raw_query, headers, key, vhost_bucket)
         self.stats.update(record, auth=auth)
         if denial is not None:
             code, message, details = denial
@@ -156,12 +176,12 @@ class OriginApp:
     # --- policy -----------------------------------------------------------
 
     def _authorize(self, method: str, raw_path: str, raw_query: str, headers: dict[str, str],
-                   key: str) -> tuple[str, tuple[str, str, dict[str, str]] | None]:
+                   key: str, vhost_bucket: str | None = None) -> tuple[str, tuple[str, str, dict[str, str]] | None]:
         """(how the request authenticated, None or the (code, message, details) refusing it)."""
         if "authorization" in headers:
             return "header", None
         result = sigcheck.check(method, raw_path, raw_query, headers, self.credentials,
-                                now=self.clock(), region=self.region)
+                                now=self.clock(), region=self.region, vhost_bucket=vhost_bucket)
         if result is not None:
             return result.version, None if result.ok else (result.code, result.message, dict(result.details))
         bucket = key.lstrip("/").split("/", 1)[0]

@@ -140,12 +140,15 @@ def check(
     credentials: Mapping[str, str],
     now: float | None = None,
     region: str | None = "us-east-1",
+    vhost_bucket: str | None = None,
 ) -> Result | None:
     """Verify a presigned request; None if it carries no presigned parameters.
 
     raw_path / raw_query are exactly as received (still percent-encoded);
     headers maps lower-case names to values; credentials maps access key id
     to secret. region None accepts any region in a SigV4 credential scope.
+    vhost_bucket: the bucket a virtual-hosted Host named; SigV2 then signs
+    "/bucket" + path, while SigV4 signs the path as sent (and the Host).
     """
     version = presign_version(raw_query)
     if version is None:
@@ -154,7 +157,8 @@ def check(
     pairs = parse_query(raw_query)
     headers = {k.lower(): v for k, v in headers.items()}
     if version == "v2":
-        return _check_v2(method, raw_path, pairs, headers, credentials, now)
+        v2_path = f"/{vhost_bucket}{raw_path}" if vhost_bucket else raw_path
+        return _check_v2(method, v2_path, pairs, headers, credentials, now)
     return _check_v4(method, raw_path, pairs, headers, credentials, now, region)
 
 
