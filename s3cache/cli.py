@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ from s3cache.supervisor import Part, Supervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CADDYFILE = PROJECT_ROOT / "Caddyfile"
+FRONT_CADDYFILE = PROJECT_ROOT / "Caddyfile.front"
 PARTS_FILE = "parts.json"
+FRONT_PARTS_FILE = "front-parts.json"
 
 
 def load_environment(env_file: str | None) -> dict[str, str]:
@@ -53,6 +56,8 @@ def caddy_environment(config: Config, layout: Layout, base: dict[str, str]) -> d
         "S3CACHE_OBJECTS_DIR": str(layout.objects_dir),
         "S3CACHE_ACCESS_LOG": str(layout.logs_dir / "access.log"),
         "S3CACHE_SIDECAR": str(config.sidecar_listen),
+        "S3CACHE_DOMAIN_RE": re.escape(config.domain) if config.domain else "s3cache-no-domain\\.invalid",
+        "S3CACHE_BUCKET_DIR": f"/{config.bucket}" if config.bucket else "",
         "S3CACHE_UPSTREAM": config.upstream,
         "S3CACHE_ACCESS": config.access,
         "S3CACHE_TTL": "" if config.ttl is None else f"{config.ttl:g}",
@@ -78,15 +83,32 @@ def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Pa
     return parts
 
 
+def build_front_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Part]:
+    """The front tier: Caddy alone, routing each object path to one of S3CACHE_NODES (no cache here)."""
+    if not config.nodes:
+        raise ConfigError("S3CACHE_NODES: s3cache up --front needs the cache nodes (HOST:PORT, comma-separated)")
+    layout = Layout(config.dir)  # only run/ is used: supervisor status and Caddy's private HOME
+    caddy_env = caddy_environment(config, layout, dict(env, S3CACHE_DIR=config.dir))
+    # Caddy splits an environment value on spaces into one upstream each.
+    caddy_env["S3CACHE_CADDY_NODES"] = " ".join(str(node) for node in config.nodes)
+    return [Part("front", [caddy_binary(), "run", "--config", str(caddyfile), "--adapter", "caddyfile"], caddy_env)]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     env = load_environment(args.env_file)
     config = Config.from_env(env)
-    caddyfile = Path(args.caddyfile)
+    caddyfile = Path(args.caddyfile or (FRONT_CADDYFILE if args.front else DEFAULT_CADDYFILE))
     if not caddyfile.is_file():
         raise ConfigError(f"--caddyfile: {caddyfile} does not exist")
-    parts = build_parts(config, env, caddyfile)
-    status = str(Layout(config.dir).run_dir / PARTS_FILE)
-    print(f"s3cache: http://{config.listen} -> {config.upstream} (cache {config.dir})", flush=True)
+    if args.front:
+        parts = build_front_parts(config, env, caddyfile)
+        nodes = ", ".join(str(node) for node in config.nodes)
+        print(f"s3cache: front http://{config.listen} -> nodes {nodes} (writes to {config.upstream})", flush=True)
+    else:
+        parts = build_parts(config, env, caddyfile)
+        print(f"s3cache: http://{config.listen} -> {config.upstream} (cache {config.dir})", flush=True)
+    # A front sharing a machine (and S3CACHE_DIR) with a node must not overwrite the node's parts.json.
+    status = str(Layout(config.dir).run_dir / (FRONT_PARTS_FILE if args.front else PARTS_FILE))
     return Supervisor(parts, status_file=status).run()
 
 
@@ -111,13 +133,27 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return warm(jobs, config, args.parallel, progress=not args.no_progress)
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from s3cache.stats import StatsUnavailable, run  # imported late: only this subcommand needs it
+
+    config = Config.from_env(load_environment(args.env_file))
+    try:
+        print(run(config, as_json=args.json, url=args.url))
+    except StatsUnavailable as exc:
+        print(f"s3cache: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3cache", description="A drop-in caching proxy for Amazon S3.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run Caddy, the sidecar and the evictor in the foreground")
     up.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
-    up.add_argument("--caddyfile", default=str(DEFAULT_CADDYFILE), help="Caddyfile to run (default: the project's)")
+    up.add_argument("--caddyfile", help="Caddyfile to run (default: the project's Caddyfile, or Caddyfile.front)")
+    up.add_argument("--front", action="store_true",
+                    help="run the front tier instead: Caddy alone, sharding object paths across S3CACHE_NODES")
     up.set_defaults(func=cmd_up)
 
     if importlib.util.find_spec("evictor.cli") is not None:
@@ -132,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--no-progress", action="store_true", help="no progress bar")
     warm.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
     warm.set_defaults(func=cmd_warm)
+    stats = sub.add_parser("stats", help="the status page's summary, from the running sidecar")
+    stats.add_argument("--json", action="store_true", help="print the sidecar's snapshot as JSON")
+    stats.add_argument("--url", help="the sidecar's base URL (default: from S3CACHE_SIDECAR_LISTEN)")
+    stats.add_argument("--env-file", help="KEY=VALUE file; the environment wins over it")
+    stats.set_defaults(func=cmd_stats)
     return parser
 
 

@@ -27,6 +27,24 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _domain(value: str) -> str | None:
+    value = value.strip().strip(".").lower()
+    if not value:
+        return None
+    if not all(label and len(label) < 64 and label.replace("-", "").isalnum() for label in value.split(".")):
+        raise ValueError(f"expected a DNS name such as s3cache.example.com, got {value!r}")
+    return value
+
+
+def _bucket(value: str) -> str | None:
+    from s3cache.layout import is_valid_bucket
+    if not value:
+        return None
+    if not is_valid_bucket(value):
+        raise ValueError(f"not a valid bucket name: {value!r}")
+    return value
+
+
 def _host_port(value: str) -> HostPort:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -111,6 +129,27 @@ def _positive_float(value: str) -> float:
     return n
 
 
+def _price(value: str) -> float:
+    n = float(value)
+    if not 0 <= n < 1e6 or n != n:
+        raise ValueError(f"expected a price in dollars such as 0.09, got {value!r}")
+    return n
+
+
+def _cidrs(value: str) -> tuple:
+    """Comma-separated CIDRs (a bare address is one host); empty: nobody."""
+    import ipaddress
+    nets = []
+    for item in value.split(","):
+        item = item.strip()
+        if item:
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"expected CIDRs such as 127.0.0.0/8,::1/128, got {item!r}") from None
+    return tuple(nets)
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -178,6 +217,10 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("S3CACHE_UPSTREAM", "https://s3.amazonaws.com", _upstream,
             "S3 endpoint that misses are redirected to and fetched from (scheme://host[:port])."),
+    Setting("S3CACHE_DOMAIN", "", _domain,
+            "Virtual-hosted requests: Host <bucket>.<S3CACHE_DOMAIN> means that bucket (wildcard DNS to the proxy)."),
+    Setting("S3CACHE_BUCKET", "", _bucket,
+            "A proxy host that fronts one bucket: every path is a key in it."),
     Setting("S3CACHE_LISTEN", "127.0.0.1:8080", _host_port,
             "Address Caddy (the front door) listens on."),
     Setting("S3CACHE_SIDECAR_LISTEN", "127.0.0.1:8081", _host_port,
@@ -215,6 +258,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between eviction passes."),
     Setting("S3CACHE_MAX_BYTES", "", _optional_positive_int,
             "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only."),
+    Setting("S3CACHE_ADMIN_ALLOW", "127.0.0.0/8,::1/128", _cidrs,
+            "Client addresses (CIDRs, comma-separated) allowed the status page, metrics and health; others get 403."),
+    Setting("S3CACHE_EGRESS_PRICE_PER_GB", "0.09", _price,
+            "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved."),
     Setting("S3CACHE_NODES", "", _nodes,
             "Front tier only (s3cache up --front): the cache nodes' HOST:PORT, comma-separated; each object "
             "path is routed to one of them."),
@@ -228,6 +275,8 @@ def _attr(setting: Setting) -> str:
 @dataclass(frozen=True)
 class Config:
     upstream: str
+    domain: str | None
+    bucket: str | None
     listen: HostPort
     sidecar_listen: HostPort
     dir: str
@@ -246,6 +295,13 @@ class Config:
     evict_interval: float
     max_bytes: int | None
     nodes: tuple[HostPort, ...]
+    admin_allow: tuple
+    egress_price_per_gb: float
+
+    @property
+    def addressing(self) -> "Addressing":
+        from s3cache.addressing import Addressing
+        return Addressing(self.upstream, self.domain, self.bucket)
 
     def keys(self) -> dict[str, str]:
         """Every signing key, from the variable and the file together."""

@@ -16,10 +16,12 @@ from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
 import requests
 
-from sidecar import health, pages
+from sidecar import health
+from sidecar.status import Status
 from sidecar.access import HitRequest, check_hit
 from sidecar.fill import Filler
 from sidecar.miss import plan_miss
+from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
 
 log = logging.getLogger("sidecar")
@@ -27,6 +29,12 @@ log = logging.getLogger("sidecar")
 # Caddy passes the URI exactly as the client sent it in this header; waitress's
 # REQUEST_URI is the fallback when the sidecar is reached directly.
 RAW_URI_HEADER = "X-S3cache-Uri"
+# ... and the client's Host (forward_auth replaces Host with the sidecar's).
+HOST_HEADER = "X-S3cache-Host"
+
+
+def client_host() -> str:
+    return request.headers.get(HOST_HEADER) or request.headers.get("Host", "")
 
 
 def raw_request_uri() -> str:
@@ -43,6 +51,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     upstream = requests.Session()
     upstream.mount(config.upstream, requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32))
     app.extensions["s3cache"] = {"config": config, "layout": layout, "filler": filler}
+    app.extensions["s3cache"]["status"] = status = Status(config, layout, filler)  # page, metrics, admin allow-list
 
     @app.before_request
     def dispatch() -> Response:
@@ -52,8 +61,11 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
         # rewrites it to /_s3cache/auth); misses by the client's original URI.
         path = (request.environ.get("REQUEST_URI") or request.path).partition("?")[0]
         raw_uri = raw_request_uri()
-        if path in ("/", "/_s3cache", "/_s3cache/"):
-            return pages.root_page(config)
+        if path == "/" and config.addressing.bucket_for_host(client_host()) is not None:
+            return answer_miss(raw_uri)  # a virtual-hosted bucket's root: S3's (a listing), not our page
+        answered = status.answer(path, request)  # status page, metrics; S3CACHE_ADMIN_ALLOW (health too)
+        if answered is not None:
+            return answered
         if path == "/_s3cache/health":
             return health.health_response(config, layout, filler)
         if path == "/_s3cache/auth":
@@ -66,14 +78,15 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
         # Caddy's forward_auth: the client's request arrives as headers.
         hit = HitRequest(method=request.headers.get("X-Forwarded-Method", "GET"),
                          raw_uri=request.headers.get(RAW_URI_HEADER) or request.headers.get("X-Forwarded-Uri", ""),
-                         headers=request.headers)
+                         headers=request.headers, host=client_host())
         return check_hit(hit, config, layout, filler, upstream)
 
     def answer_miss(raw_uri: str) -> Response:
         try:
-            plan = plan_miss(request.method, raw_uri, request.headers, config, layout)
+            plan = plan_miss(request.method, raw_uri, request.headers, config, layout, host=client_host())
         except BadRequest as exc:
             return error_response(exc.status, exc.code, exc.message)
+        status.count_miss(plan)
         if plan.fill is not None and config.miss == "stream" and "Range" not in request.headers:
             streamed = filler.stream(plan.fill, plan.location)
             if streamed is not None:
@@ -85,12 +98,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             filler.submit(plan.fill, plan.location)
         else:
             log.debug("redirect only (%s): %s", plan.why_not, raw_uri.partition("?")[0])
-        resp = Response(status=307)
-        resp.headers["Location"] = plan.location
-        resp.headers["X-Cache"] = "MISS"
-        # The next request for this object should reach us again (and hit).
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        return redirect_307(plan.location)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:

@@ -31,6 +31,9 @@ def test_defaults():
     ("S3CACHE_MAX_OBJECT_BYTES", "lots"),
     ("S3CACHE_FILL_WORKERS", "0"),
     ("S3CACHE_EVICT_HIGH", "150"),
+    ("S3CACHE_NODES", "127.0.0.1:8080,,127.0.0.1:8081"),
+    ("S3CACHE_NODES", "127.0.0.1:8080,127.0.0.1:8080"),
+    ("S3CACHE_NODES", "node one:8080"),
 ])
 def test_bad_values_name_the_variable_in_one_line(name, value):
     with pytest.raises(ConfigError) as exc:
@@ -72,9 +75,11 @@ def test_readme_table_lists_every_setting():
 
 def test_code_reads_no_undocumented_variable():
     names = {s.name for s in SETTINGS}
-    derived = {"S3CACHE_CADDY_BIND", "S3CACHE_CADDY_PORT", "S3CACHE_OBJECTS_DIR", "S3CACHE_ACCESS_LOG", "S3CACHE_SIDECAR"}
+    derived = {"S3CACHE_CADDY_BIND", "S3CACHE_CADDY_PORT", "S3CACHE_OBJECTS_DIR", "S3CACHE_ACCESS_LOG", "S3CACHE_SIDECAR",
+               "S3CACHE_CADDY_NODES", "S3CACHE_DOMAIN_RE", "S3CACHE_BUCKET_DIR"}
     used = set()
-    for path in list(ROOT.glob("s3cache/*.py")) + list(ROOT.glob("sidecar/*.py")) + list(ROOT.glob("evictor/*.py")) + [ROOT / "Caddyfile"]:
+    caddyfiles = [ROOT / "Caddyfile", ROOT / "Caddyfile.front"]
+    for path in list(ROOT.glob("s3cache/*.py")) + list(ROOT.glob("sidecar/*.py")) + list(ROOT.glob("evictor/*.py")) + caddyfiles:
         used |= set(re.findall(r"S3CACHE_[A-Z0-9_]+", path.read_text()))
     assert used - names - derived == set()
 
