@@ -23,11 +23,7 @@ SIGNING_KEYS = f"{ACCESS_KEY_1}:{SECRET_KEY_1},{ACCESS_KEY_2}:{SECRET_KEY_2}"
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(origin):
-    s3 = origin.s3()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
+    origin.ensure_bucket(BUCKET)
 
 
 def cache_object(origin, stack, key: str, body: bytes, version: str = "v4") -> str:

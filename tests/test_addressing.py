@@ -23,11 +23,7 @@ DOMAIN = "s3cache.test"
 @pytest.fixture(scope="module")
 def upstream(origin):
     """The origin's URL under a name whose subdomains are buckets."""
-    s3 = origin.s3()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
+    origin.ensure_bucket(BUCKET)
     return origin.url.replace("127.0.0.1", "localhost")
 
 

@@ -24,11 +24,7 @@ N_OBJECTS = 45
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(origin):
-    s3 = origin.s3()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
+    origin.ensure_bucket(BUCKET)
     return BUCKET
 
 

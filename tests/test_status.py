@@ -30,11 +30,8 @@ GIB = 2**30
 @pytest.fixture(scope="module")
 def known(origin, tmp_path_factory):
     """One stack, one known sequence of requests; yields (stack, snapshot after it settled)."""
+    origin.ensure_bucket(BUCKET)
     s3 = origin.s3()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
     for key, body in (("a.bin", A), ("b.bin", B), ("e.bin", E), ("c.txt", b"c")):
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
     # Only the startup pass; the test runs its own, so "since start" passes are known.

@@ -15,11 +15,7 @@ BUCKET = "stream-tests"
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(origin):
-    s3 = origin.s3()
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
+    origin.ensure_bucket(BUCKET)
 
 
 def origin_body_bytes(origin, key):

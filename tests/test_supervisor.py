@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from s3cache import supervisor as sup
 from s3cache.supervisor import Part, Supervisor

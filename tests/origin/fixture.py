@@ -78,6 +78,15 @@ class Origin:
         return client.generate_presigned_url(
             method, Params={"Bucket": bucket, "Key": key, **(params or {})}, ExpiresIn=expires)
 
+    def ensure_bucket(self, name: str) -> str:
+        """Create ``name`` unless a test module earlier in the session did; returns it."""
+        s3 = self.s3()
+        try:
+            s3.create_bucket(Bucket=name)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return name
+
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats")
 
