@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 from evictor.scan import FileTable
-from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent  # noqa: F401  (re-exported for the evictor)
+from s3cache.usage import FsUsage, usage_percent
 
 
 

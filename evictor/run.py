@@ -15,7 +15,8 @@ from typing import Callable
 
 from evictor import accesslog
 from evictor.housekeeping import GRACE_SECONDS, OnRemove, remove_orphan_metas, sweep_temp
-from evictor.policy import FsUsage, UsageFn, bytes_to_free, lru_order, statvfs_usage, usage_percent
+from evictor.policy import bytes_to_free, lru_order
+from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent
 from evictor.remove import meta_for_object, prune_dirs, remove_object
 from evictor.report import Errors, PassSummary, write_pass
 from evictor.scan import PassAborted, scan

@@ -15,7 +15,6 @@ file, anything else is relayed to the client instead of the bytes.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import requests
 from flask import Response
 
 from s3cache.config import Config
+from s3cache.httpdate import format_http_date
 from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from sidecar import freshness, hit_headers
@@ -107,7 +107,7 @@ def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
         return {"If-None-Match": etag}
     # No metadata: the file's mtime is S3's Last-Modified.
     mtime = os.stat(layout.object_path(ref)).st_mtime
-    return {"If-Modified-Since": email.utils.formatdate(mtime, usegmt=True)}
+    return {"If-Modified-Since": format_http_date(mtime)}
 
 
 def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[str, str]:

@@ -19,7 +19,6 @@ swept by the evictor.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import fcntl
 import hashlib
@@ -36,6 +35,7 @@ from typing import Iterable, Iterator
 import requests
 import urllib3
 
+from s3cache.httpdate import parse_http_date
 from s3cache.layout import Layout, ObjectRef
 
 log = logging.getLogger("sidecar.fill")
@@ -74,15 +74,6 @@ def _plain_md5_etag(etag: str | None) -> str | None:
     if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
         return value
     return None
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 class _FillLock:
@@ -394,7 +385,7 @@ class Filler:
         return {k.lower(): v for k, v in resp.headers.items()}, size
 
     def _commit(self, ref: ObjectRef, fd: int, tmp: str, final: str, headers: dict[str, str], replace: bool) -> None:
-        last_modified = _http_date(headers.get("last-modified"))
+        last_modified = parse_http_date(headers.get("last-modified"))
         now = time.time()
         os.utime(fd, (now, last_modified or now))
         if replace:

@@ -16,13 +16,13 @@ the access check runs anyway, so it also returns what S3 would have sent:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import parse_qsl
 
+from s3cache.httpdate import format_http_date, parse_http_date
 from s3cache.layout import Layout, ObjectRef
 
 # Stored header -> presigned override parameter (S3 GetObject's response-* parameters).
@@ -67,15 +67,6 @@ def s3_headers(stored: Mapping[str, str], raw_query: str) -> dict[str, str]:
     return out
 
 
-def _http_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def _etags(value: str) -> list[str]:
     return [t.strip() for t in value.split(",") if t.strip()]
 
@@ -94,7 +85,7 @@ def answer(method: str, request_headers: Mapping[str, str], stored: Mapping[str,
     """What to do with a hit the client may read: serve it (204, with headers for Caddy), 304 or 412."""
     headers = s3_headers(stored, raw_query)
     etag = stored.get("etag", "")
-    last_modified = int(_http_time(stored.get("last-modified")) or mtime)
+    last_modified = int(parse_http_date(stored.get("last-modified")) or mtime)
 
     def get(name: str) -> str | None:
         return request_headers.get(name)
@@ -103,12 +94,12 @@ def answer(method: str, request_headers: Mapping[str, str], stored: Mapping[str,
     if get("If-Match") is not None:
         if not etag or not _strong_match(_etags(get("If-Match")), etag):
             return HitAnswer(412, _validators(etag, last_modified))
-    elif (ius := _http_time(get("If-Unmodified-Since"))) is not None and last_modified > ius:
+    elif (ius := parse_http_date(get("If-Unmodified-Since"))) is not None and last_modified > ius:
         return HitAnswer(412, _validators(etag, last_modified))
     if get("If-None-Match") is not None:
         if etag and _weak_match(_etags(get("If-None-Match")), etag):
             return HitAnswer(304, {**_validators(etag, last_modified), **_cache_headers(headers)})
-    elif (ims := _http_time(get("If-Modified-Since"))) is not None and last_modified <= ims:
+    elif (ims := parse_http_date(get("If-Modified-Since"))) is not None and last_modified <= ims:
         return HitAnswer(304, {**_validators(etag, last_modified), **_cache_headers(headers)})
 
     out = {PREFIX + CANONICAL[k]: v for k, v in headers.items()}
@@ -123,12 +114,12 @@ def _if_range_holds(if_range: str | None, etag: str, last_modified: int) -> bool
         return True
     if if_range.startswith('"') or if_range.startswith("W/"):
         return bool(etag) and _strong_match([if_range], etag)
-    when = _http_time(if_range)
+    when = parse_http_date(if_range)
     return when is not None and int(when) == last_modified
 
 
 def _validators(etag: str, last_modified: int) -> dict[str, str]:
-    out = {"Last-Modified": email.utils.formatdate(last_modified, usegmt=True)}
+    out = {"Last-Modified": format_http_date(last_modified)}
     if etag:
         out["ETag"] = etag
     return out
