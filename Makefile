@@ -23,5 +23,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# Benchmarks: installs wrk, nginx and matplotlib as needed; writes bench/results/latest.md and plots.
+bench: $(STAMP)
+	bench/run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) cache .pytest_cache

@@ -1,0 +1,82 @@
+"""Access modes on hits (issue 4, item 6): ``verify`` and ``revalidate`` against ``open``, same run.
+
+Three stacks (S3CACHE_ACCESS=open, verify, revalidate) in front of the
+signature-enforcing test origin (moto behind a SigV2/SigV4 checker), each
+warmed with the same objects; wrk requests one valid presigned SigV4 URL per
+object (from the origin's own presigner), with the same settings for every
+mode, rounds interleaved.  In ``revalidate`` every hit costs a conditional
+request to that origin, which is moto in Python: slow, far slower than S3's
+own front end, so those figures are a floor set by the test origin, not by s3cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bench.common import KiB, MiB, Context, median, ratio, rotated
+from bench.servers import BenchStack
+from bench.wrk import run_wrk
+from tests.origin.credentials import ACCESS_KEY_1, SECRET_KEY_1
+from tests.origin.fixture import start_origin
+
+BUCKET = "bench-access"
+SIZES = [("4 KiB", 4 * KiB), ("1 MiB", MiB)]
+MODES = ["open", "verify", "revalidate"]
+TARGET_VERIFY_1MIB = 0.5
+
+
+def run(ctx: Context) -> dict:
+    origin = start_origin(ctx.dir("access/origin"))
+    stacks: dict[str, BenchStack] = {}
+    try:
+        s3 = origin.s3()
+        s3.create_bucket(Bucket=BUCKET)
+        urls = {}
+        for label, size in SIZES:
+            key = f"obj-{size}.bin"
+            s3.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(size))
+            urls[label] = (key, origin.presign(BUCKET, key, expires=6 * 3600))
+        for mode in MODES:
+            env = {"S3CACHE_ACCESS": mode, "S3CACHE_EVICT_INTERVAL": "3600"}
+            if mode == "verify":
+                env["S3CACHE_SIGNING_KEYS"] = f"{ACCESS_KEY_1}:{SECRET_KEY_1}"
+            stacks[mode] = stack = BenchStack(ctx.dir(f"access/{mode}"), origin.url, **env).start()
+            for label, size in SIZES:
+                key, url = urls[label]
+                r = stack.get(stack.proxied(url))
+                if r.status_code != 307:
+                    raise RuntimeError(f"{mode}: first request for {key}: expected 307, got {r.status_code}")
+                stack.wait_cached(BUCKET, key, timeout=60)
+                r = stack.get(stack.proxied(url))
+                if r.status_code != 200 or r.headers.get("X-Cache") != "HIT" or len(r.content) != size:
+                    raise RuntimeError(f"{mode}: {key} not served as a hit: {r.status_code} {r.headers}")
+        runs = {label: {m: [] for m in MODES} for label, _ in SIZES}
+        for label, size in SIZES:
+            for round_no in range(ctx.rounds):
+                for mode in rotated(MODES, round_no):
+                    stack = stacks[mode]
+                    r = run_wrk(stack.proxied(urls[label][1]), ctx.wrk, payload_bytes=size)
+                    runs[label][mode].append(r)
+                    ctx.log(f"access {label:>6} {mode:<10} {r['req_per_s']:9.0f} req/s {r['mb_per_s']:8.1f} MB/s "
+                            f"p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f} ms errors {r['errors']}")
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+        origin.stop()
+
+    table = []
+    for label, size in SIZES:
+        for mode in MODES:
+            rs = runs[label][mode]
+            table.append({
+                "size": label, "bytes": size, "mode": mode,
+                "req_per_s": median(r["req_per_s"] for r in rs),
+                "mb_per_s": median(r["mb_per_s"] for r in rs),
+                "p50_ms": median(r["p50_ms"] for r in rs),
+                "p99_ms": median(r["p99_ms"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "vs_open": median(ratio(a["req_per_s"], b["req_per_s"]) for a, b in zip(rs, runs[label]["open"])),
+                "runs": [round(r["req_per_s"], 1) for r in rs],
+            })
+    return {"settings": vars(ctx.wrk) | {"rounds": ctx.rounds}, "table": table,
+            "target_verify_1mib": TARGET_VERIFY_1MIB}

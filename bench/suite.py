@@ -1,0 +1,79 @@
+"""Run every benchmark, write the report, print the summary table.  Entry point: ``bench/run``.
+
+    .venv/bin/python bench/suite.py [--quick] [--only hit,access,miss,stampede,egress,evictor_scale] [--out DIR]
+
+A benchmark that fails is reported as failed (with its traceback in the
+report) and the others still run; the exit status is 1 then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import access_modes, egress, evictor_scale_step, hit_path, miss_path, report, stampede  # noqa: E402
+from bench.common import ROOT, Context, machine_info  # noqa: E402
+
+BENCHMARKS = {
+    "hit": hit_path.run,
+    "access": access_modes.run,
+    "miss": miss_path.run,
+    "stampede": stampede.run,
+    "egress": egress.run,
+    "evictor_scale": evictor_scale_step.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, short runs (a smoke test, < 2 minutes)")
+    parser.add_argument("--only", help="comma-separated subset of: " + ",".join(BENCHMARKS))
+    parser.add_argument("--out", help="report directory (default bench/results, or bench/results/quick with --quick)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, caches)")
+    args = parser.parse_args(argv)
+
+    selected = list(BENCHMARKS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("quick" if args.quick else "")
+    workdir = Path(tempfile.mkdtemp(prefix="s3cache-bench-"))
+    ctx = Context(workdir, quick=args.quick)
+    results: dict = {"meta": {**machine_info(), "quick": args.quick, "benchmarks": selected}}
+    failed = []
+    started = time.monotonic()
+    try:
+        for name in selected:
+            ctx.log(f"== {name}")
+            t = time.monotonic()
+            try:
+                results[name] = BENCHMARKS[name](ctx)
+            except Exception:
+                failed.append(name)
+                results[name] = {"error": traceback.format_exc()}
+                ctx.log(f"{name} FAILED:\n{results[name]['error']}")
+            results[name]["seconds"] = round(time.monotonic() - t, 1)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    md = report.write(results, out)
+    print()
+    print(report.summary_text(results))
+    print()
+    print(f"report: {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md} "
+          f"({results['meta']['seconds']:.0f} s{'; FAILED: ' + ', '.join(failed) if failed else ''})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
