@@ -44,6 +44,7 @@ CHUNK = 1 << 20
 # Misses waiting for a worker beyond this are not queued (the client was
 # redirected anyway; a later miss will try again).
 MAX_PENDING = 1024
+QUEUE_WARNING_INTERVAL = 10.0
 
 # Response headers worth keeping: what a hit should answer with (S3 fidelity).
 KEPT_HEADERS = (
@@ -144,7 +145,9 @@ class Filler:
         self.in_progress = 0
         self.outcomes: Counter[str] = Counter()  # "filled", "failed:<reason>", "busy", ...
         self.bytes_filled = 0
-        self.durations: list[float] = []  # bounded; for the fill-duration histogram
+        self.durations: list[float] = []
+        self._last_queue_warning = float("-inf")
+        self._dropped_since_warning = 0  # bounded; for the fill-duration histogram
 
     # -- scheduling -----------------------------------------------------------------
 
@@ -155,11 +158,21 @@ class Filler:
                 return False
             if len(self._pending) >= MAX_PENDING:
                 self.outcomes["dropped:queue-full"] += 1
-                log.warning("fill queue full (%d); not filling %s", MAX_PENDING, ref.name)
+                self._warn_queue_full(ref)
                 return False
             self._pending.add(ref)
         self._pool.submit(self._run, ref, url)
         return True
+
+    def _warn_queue_full(self, ref: ObjectRef) -> None:
+        # Under a flood of misses this would be one line per request: say it once per interval.
+        now = time.monotonic()
+        self._dropped_since_warning += 1
+        if now - self._last_queue_warning >= QUEUE_WARNING_INTERVAL:
+            log.warning("fill queue full (%d waiting): %d misses not queued since the last warning (latest %s)",
+                        MAX_PENDING, self._dropped_since_warning, ref.name)
+            self._last_queue_warning = now
+            self._dropped_since_warning = 0
 
     def refresh(self, ref: ObjectRef, url: str, response: requests.Response) -> bool:
         """Replace a stale entry with the body of ``response`` (an open 200), in the background.
@@ -246,7 +259,7 @@ class Filler:
         except FILL_ERRORS as exc:
             _unlink_quietly(tmp)  # we still hold the lock, so it is ours to remove
             reason = _failure_reason(exc)
-            log.warning("not caching %s: %s: %s", ref.name, reason, exc)
+            log.warning("not caching %s: %s", ref.name, _describe(reason, exc))
             return FillResult("failed", reason)
         except BaseException:
             _unlink_quietly(tmp)
@@ -323,7 +336,7 @@ class Filler:
         except FILL_ERRORS as exc:
             # The client has had what S3 sent; only the cache declines it.
             reason = _failure_reason(exc)
-            log.warning("not caching streamed %s: %s: %s", ref.name, reason, exc)
+            log.warning("not caching streamed %s: %s", ref.name, _describe(reason, exc))
             self._record(FillResult("failed", reason))
         finally:
             # Also reached when the client goes away mid-body (the server closes us).
@@ -432,6 +445,12 @@ def _client_headers(headers: dict[str, str]) -> dict[str, str]:
             if k in KEPT_HEADERS or k.startswith("x-amz-meta-") or k in ("content-length", "accept-ranges")}
     return {"-".join(p.capitalize() for p in k.split("-")) if not k.startswith("x-amz") else k: v
             for k, v in keep.items()}
+
+
+def _describe(reason: str, exc: BaseException) -> str:
+    """The reason, then the detail unless it only repeats the reason."""
+    detail = str(exc)
+    return detail if detail == reason or detail.startswith(reason + ":") else f"{reason}: {detail}"
 
 
 def _failure_reason(exc: BaseException) -> str:

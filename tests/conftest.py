@@ -21,9 +21,9 @@ def make_stack(tmp_path, origin):
     stacks = []
 
     def make(**env) -> Stack:
-        s = Stack(tmp_path / f"stack{len(stacks)}", origin.url, **env).start()
-        stacks.append(s)
-        return s
+        s = Stack(tmp_path / f"stack{len(stacks)}", origin.url, **env)
+        stacks.append(s)  # before start(): a stack that fails to become healthy is still stopped
+        return s.start()
 
     yield make
     for s in stacks:
