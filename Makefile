@@ -5,14 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-deploy bench clean
 
 install: $(STAMP)
 
 # Re-installs only when the pins or the package metadata change.
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-deploy.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -r requirements-deploy.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -22,6 +22,10 @@ run: $(STAMP)
 # pytest exits 5 when nothing is collected; that is not a failure here.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Only the deployment tests (compose under podman, Ansible into a booted Debian container; need root).
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest tests/deploy
 
 # Benchmarks: installs wrk, nginx and matplotlib as needed; writes bench/results/latest.md and plots.
 bench: $(STAMP)

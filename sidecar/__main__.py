@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from waitress import serve
@@ -18,6 +19,8 @@ def main() -> int:
     except ConfigError as exc:
         print(f"sidecar: configuration error: {exc}", file=sys.stderr)
         return 2
+    # As PID 1 in a container, Python ignores SIGTERM unless told otherwise: stop cleanly on it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = create_app(config)
     listen = config.sidecar_listen
     logging.getLogger("sidecar").info("listening on %s, upstream %s, cache %s", listen, config.upstream, config.dir)
