@@ -38,7 +38,6 @@ from s3cache.layout import Layout
 from s3cache.addressing import Addressing
 from s3cache.request_path import BadRequest, parse_uri
 
-LOG_NAME = "access.log"
 CURSOR_FILE = "evictor-accesslog.json"
 HEAD_BYTES = 1024
 CHUNK = 1 << 20
@@ -201,7 +200,7 @@ def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Error
     read = LogRead()
     now_ns = int(now * 1e9)
     logs = os.fsencode(layout.logs_dir)
-    current = logs + b"/" + LOG_NAME.encode()
+    current = os.fsencode(layout.access_log)
 
     # Rolled files: the rest of the file we were reading, and any rolled since.
     try:

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 
 from s3cache.layout import Layout
 
-STATUS_FILE = "evictor.json"
-PASSES_FILE = "evictor-passes.jsonl"
 KEEP_PASSES = 100
 
 
@@ -104,10 +102,9 @@ def write_atomic(path: str, text: str) -> None:
 
 def write_pass(layout: Layout, summary: PassSummary) -> None:
     """``run/evictor.json`` (the last pass) and the last ``KEEP_PASSES`` lines of ``run/evictor-passes.jsonl``."""
-    run = str(layout.run_dir)
     record = json.dumps(summary.record(), ensure_ascii=True)
-    write_atomic(os.path.join(run, STATUS_FILE), record + "\n")
-    passes = os.path.join(run, PASSES_FILE)
+    write_atomic(str(layout.evictor_status_file), record + "\n")
+    passes = str(layout.evictor_passes_file)
     try:
         with open(passes, encoding="utf-8", errors="replace") as fh:
             lines = [ln for ln in fh.read().splitlines() if ln.strip()]

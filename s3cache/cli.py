@@ -22,8 +22,6 @@ from s3cache.supervisor import Part, Supervisor
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CADDYFILE = PROJECT_ROOT / "Caddyfile"
 FRONT_CADDYFILE = PROJECT_ROOT / "Caddyfile.front"
-PARTS_FILE = "parts.json"
-FRONT_PARTS_FILE = "front-parts.json"
 
 
 def load_environment(env_file: str | None) -> dict[str, str]:
@@ -54,7 +52,7 @@ def caddy_environment(config: Config, layout: Layout, base: dict[str, str]) -> d
         "S3CACHE_CADDY_BIND": config.listen.host,
         "S3CACHE_CADDY_PORT": str(config.listen.port),
         "S3CACHE_OBJECTS_DIR": str(layout.objects_dir),
-        "S3CACHE_ACCESS_LOG": str(layout.logs_dir / "access.log"),
+        "S3CACHE_ACCESS_LOG": str(layout.access_log),
         "S3CACHE_SIDECAR": str(config.sidecar_listen),
         "S3CACHE_DOMAIN_RE": re.escape(config.domain) if config.domain else "s3cache-no-domain\\.invalid",
         "S3CACHE_BUCKET_DIR": f"/{config.bucket}" if config.bucket else "",
@@ -108,7 +106,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         parts = build_parts(config, env, caddyfile)
         print(f"s3cache: http://{config.listen} -> {config.upstream} (cache {config.dir})", flush=True)
     # A front sharing a machine (and S3CACHE_DIR) with a node must not overwrite the node's parts.json.
-    status = str(Layout(config.dir).run_dir / (FRONT_PARTS_FILE if args.front else PARTS_FILE))
+    layout = Layout(config.dir)
+    status = str(layout.front_parts_file if args.front else layout.parts_file)
     return Supervisor(parts, status_file=status).run()
 
 

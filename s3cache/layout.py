@@ -7,8 +7,9 @@ module hands it, the sidecar's fills, the evictor) goes through here.
       objects/<bucket>/<key>   complete objects only; the tree Caddy serves
       meta/<bucket>/<key>      JSON metadata (ETag, Content-Type, ...), never served
       tmp/<sha256>.part        a fill in progress; its flock *is* the fill lock
-      run/                     state files of the running parts (status, counters)
-      logs/                    Caddy's JSON access log
+      run/parts.json           the supervisor's parts (front-parts.json for a front tier)
+      run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
+      logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
 ``tmp`` and ``meta`` are siblings of ``objects`` on the same filesystem, so the
 final rename of a fill is atomic and nothing half-written is ever inside the
@@ -41,6 +42,7 @@ TMP = "tmp"
 RUN = "run"
 LOGS = "logs"
 TEMP_SUFFIX = ".part"
+ACCESS_LOG = "access.log"
 
 # S3's naming rules, widened to what legacy us-east-1 buckets allowed
 # (upper case, underscores, up to 255 characters).  Never "." or "..".
@@ -104,6 +106,12 @@ class Layout:
         self.tmp_dir = self.root / TMP
         self.run_dir = self.root / RUN
         self.logs_dir = self.root / LOGS
+        # The files the parts leave for each other, named here once.
+        self.access_log = self.logs_dir / ACCESS_LOG
+        self.parts_file = self.run_dir / "parts.json"
+        self.front_parts_file = self.run_dir / "front-parts.json"
+        self.evictor_status_file = self.run_dir / "evictor.json"
+        self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"
 
     def ensure(self) -> None:
         for d in (self.objects_dir, self.meta_dir, self.tmp_dir, self.run_dir, self.logs_dir):

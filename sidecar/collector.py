@@ -38,7 +38,6 @@ SNAPSHOT_VERSION = 1
 REFRESH_SECONDS = 5.0
 GIB = 1 << 30  # AWS bills data transfer per GB of 2^30 bytes
 FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-PASSES_FILE = "evictor-passes.jsonl"
 PASSES_SHOWN = 10
 # Parse this many log lines, then let request threads have the GIL (the auth
 # endpoint is on the hit path in verify/revalidate mode).
@@ -74,7 +73,7 @@ class Collector:
         self.started_at = clock()
         self._lock = threading.Lock()
         self._miss_lock = threading.Lock()
-        self.follower = LogFollower(layout.logs_dir / "access.log", clock=clock)
+        self.follower = LogFollower(layout.access_log, clock=clock)
         self.traffic = Traffic(layout, getattr(config, "addressing", None))
         self.misses: Counter[str] = Counter()
         self.fill_durations = Histogram(FILL_BUCKETS)
@@ -141,7 +140,7 @@ class Collector:
             self._fills_seen += new
 
     def _poll_evictor(self) -> None:
-        path = self.layout.run_dir / PASSES_FILE
+        path = self.layout.evictor_passes_file
         try:
             st = os.stat(path)
         except OSError:

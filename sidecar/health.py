@@ -18,8 +18,6 @@ from s3cache.layout import Layout
 from s3cache.usage import statvfs_usage
 from sidecar.fill import Filler
 
-PARTS_FILE = "parts.json"
-EVICTOR_FILE = "evictor.json"
 
 
 def _read_json(path) -> dict | None:
@@ -38,11 +36,11 @@ def health_report(config: Config, layout: Layout, filler: Filler) -> tuple[bool,
     except OSError:
         disk = None
     parts: dict = {"sidecar": {"status": "ok", "fills_in_progress": filler.in_progress}}
-    supervised = _read_json(layout.run_dir / PARTS_FILE) or {}
+    supervised = _read_json(layout.parts_file) or {}
     for name, info in supervised.get("parts", {}).items():
         if name != "sidecar":
             parts[name] = info
-    evictor = _read_json(layout.run_dir / EVICTOR_FILE)
+    evictor = _read_json(layout.evictor_status_file)
     if evictor is not None:
         age = time.time() - evictor.get("finished_at", 0)
         stale = age > 3 * config.evict_interval + 60
