@@ -113,11 +113,9 @@ def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
 def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[str, str]:
     """Headers the client's SigV4 signature covers (besides host) must reach S3 unchanged."""
     signed = dict(parse_qsl(raw_query, keep_blank_values=True)).get("X-Amz-SignedHeaders", "")
-    out = {}
-    for name in signed.lower().split(";"):
-        if name and name != "host" and name in {k.lower() for k in headers.keys()}:
-            out[name] = headers.get(name)
-    return out
+    present = {k.lower() for k in headers.keys()}
+    return {name: headers.get(name) for name in signed.lower().split(";")
+            if name and name != "host" and name in present}
 
 
 def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
