@@ -53,7 +53,7 @@ log = logging.getLogger("sidecar.signatures")
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    status: int   # 200 when ok, else 403 (400 for malformed auth parameters)
+    status: int   # 200 when ok, else 403 (400 for malformed SigV4 parameters or mixed mechanisms)
     code: str     # "" when ok, else the S3 error code
     message: str  # S3-like; never carries a secret or an expected signature
 
@@ -215,15 +215,16 @@ def _verify(method: str, raw_path: str, raw_query: str, host: str, keys: Mapping
 
 def _verify_v2(method: str, raw_path: str, query: _Query, keys: Mapping[str, str], now: float,
                headers: Mapping[str, str], bucket: str | None) -> Verdict:
+    # S3 answers a malformed SigV2 query with 403 AccessDenied (unlike SigV4's 400), in this order.
     if any(query.count.get(p) != 1 for p in V2_REQUIRED):
         # Missing, or repeated: with two values we could not say which one S3 would read.
-        return _malformed(_V2_MISSING + ", each exactly once")
-    expires = query.text("Expires")
-    if not _DIGITS.fullmatch(expires):
-        return _malformed("Invalid Expires: should be seconds since the epoch")
+        return _deny("AccessDenied", _V2_MISSING)
     secret = keys.get(query.text("AWSAccessKeyId"))
     if secret is None:
         return _deny("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+    expires = query.text("Expires")
+    if not _DIGITS.fullmatch(expires):
+        return _deny("AccessDenied", f"Invalid date (should be seconds since epoch): {expires[:64]}")
     if int(expires) < now:
         return _deny("AccessDenied", "Request has expired")
     provided = query.first["Signature"]
