@@ -32,7 +32,10 @@ from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
 
 PROJECT = Path(__file__).resolve().parent.parent
-NOW = time.time()
+# The instant every pass in these tests runs at (``Cache.run`` injects it as the evictor's clock),
+# and that every age below is measured back from: a fixed instant, not the time this module was
+# imported, so no result depends on how long the suite had been running before a test.
+NOW = 1_790_000_000.0
 
 
 def ns_ago(hours: float) -> int:
@@ -80,6 +83,7 @@ class Cache:
     def run(self, usage=None, **kw):
         env = {k: v for k, v in kw.items() if k.startswith("S3CACHE_")}
         rest = {k: v for k, v in kw.items() if not k.startswith("S3CACHE_")}
+        rest.setdefault("now", lambda: NOW)
         return run_pass(self.config(**env), usage=usage or EMPTY_DISK, **rest)
 
 
@@ -501,7 +505,7 @@ def test_the_pass_line_and_the_run_files(cache):
     status = json.loads((cache.layout.run_dir / "evictor.json").read_text())
     assert {"finished_at", "scanned_files", "bytes_before", "bytes_after", "evicted_files", "evicted_bytes",
             "duration_seconds", "usage_percent_before", "usage_percent_after"} <= status.keys()
-    assert abs(status["finished_at"] - time.time()) < 60 and status["evicted_bytes"] == 1000
+    assert status["finished_at"] == NOW and status["evicted_bytes"] == 1000
     passes = (cache.layout.run_dir / "evictor-passes.jsonl").read_text().splitlines()
     assert len(passes) == 1 and json.loads(passes[0]) == status
 
