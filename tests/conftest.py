@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.origin.fixture import start_origin
 from tests.stack import Stack
+
+# Property tests judged by the wall clock fail for the machine's load, not for the code: no per-example
+# deadline and no "too slow" health check anywhere (a test's own @settings inherits this profile).
+settings.register_profile("s3cache", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("s3cache")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,12 @@ from s3cache.layout import Layout, ObjectRef
 
 BIN = Path(sys.executable).parent
 
+# A test stack's cache shares this machine's disk, and the evictor acts on the disk's used percent:
+# with the default watermarks a 93%-full disk would evict the test's objects.  A HIGH of 100% is
+# never exceeded by a disk, so these stacks evict only what a test asks for (its own watermarks,
+# with S3CACHE_MAX_BYTES or a small filesystem of its own).
+DETERMINISTIC_EVICTION = {"S3CACHE_EVICT_HIGH": "100", "S3CACHE_EVICT_LOW": "99"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,6 +58,7 @@ class Stack:
             "S3CACHE_SIDECAR_LISTEN": f"127.0.0.1:{self.sidecar_port}",
             "S3CACHE_DIR": str(self.cache_dir),
             "HOME": str(self.workdir),
+            **DETERMINISTIC_EVICTION,
             **env,
         }
         self.log_path = self.workdir / "stack.log"
@@ -107,6 +114,34 @@ class Stack:
         path = self.object_file(bucket, key)
         wait_until(path.is_file, timeout, what=f"{bucket}/{key} to be cached")
         return path
+
+    def stats(self) -> dict:
+        """The sidecar's snapshot (``/_s3cache/stats.json``); its fill counters are live."""
+        resp = requests.get(self.url + "/_s3cache/stats.json", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def fills_finished(self) -> int:
+        """Fills (background or streamed) that have ended, filled or failed: evidence that one is over."""
+        fills = self.stats()["fills"]
+        return fills["filled"] + fills["failed"]
+
+    def wait_fills_settled(self, before: dict, timeout: float = 10.0) -> dict:
+        """Wait until every fill the sidecar queued since ``before`` (an earlier ``stats()``) has ended.
+
+        Positive evidence that nothing more will be written, where a test would otherwise sleep and
+        then check that nothing happened.  Counts misses that queued a fill against fill outcomes
+        (filled, failed, busy, cached, dropped), so it assumes no two misses of one object overlap.
+        """
+        def ended(snap: dict) -> int:
+            fills = snap["fills"]
+            return fills["filled"] + fills["failed"] + sum(fills["other_outcomes"].values())
+
+        def settled():
+            snap = self.stats()
+            queued = snap["sidecar_misses"]["fill"] - before["sidecar_misses"]["fill"]
+            return snap if ended(snap) - ended(before) >= queued and snap["fills"]["in_progress"] == 0 else None
+        return wait_until(settled, timeout, what="the fills queued meanwhile to end")
 
     def get(self, url: str, **kw) -> requests.Response:
         """GET through the proxy without following redirects; the URL is sent exactly as given."""

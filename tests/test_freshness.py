@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import time
+import json
+import os
 
 import pytest
 
+from s3cache.layout import ObjectRef
 from tests.origin.credentials import ACCESS_KEY_1, SECRET_KEY_1
 from tests.stack import raw_request, wait_until
 
@@ -19,9 +21,28 @@ def bucket(origin):
     origin.ensure_bucket(BUCKET)
 
 
+# Long enough that an entry is never stale by accident, however slow the machine; the test makes an
+# entry stale on purpose by moving its recorded fetch/confirmation time back (``age_entry``).
+TTL = 600
+
+
+def age_entry(stack, key: str, seconds: float) -> None:
+    """Move the entry's fetched/validated time ``seconds`` into the past, as if that much time had passed."""
+    path = stack.layout.meta_path(ObjectRef(BUCKET, key))
+    wait_until(path.is_file, what="the entry's metadata")  # written just after the object is renamed in
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    for field in ("fetched_at", "validated_at"):
+        if meta.get(field) is not None:
+            meta[field] -= seconds
+    tmp = stack.workdir / "aged-meta.json"  # same filesystem: the replace is atomic
+    tmp.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 @pytest.mark.parametrize("mode", ["verify", "open"])
 def test_ttl_revalidates_stale_entries_without_body_bytes_and_never_serves_old_bytes(origin, make_stack, mode):
-    stack = make_stack(S3CACHE_ACCESS=mode, S3CACHE_TTL="1", S3CACHE_SIGNING_KEYS=f"{ACCESS_KEY_1}:{SECRET_KEY_1}")
+    stack = make_stack(S3CACHE_ACCESS=mode, S3CACHE_TTL=str(TTL),
+                       S3CACHE_SIGNING_KEYS=f"{ACCESS_KEY_1}:{SECRET_KEY_1}")
     key = f"ttl/{mode}.txt"
     origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"first version")
     url = stack.proxied(origin.presign(BUCKET, key))
@@ -33,7 +54,7 @@ def test_ttl_revalidates_stale_entries_without_body_bytes_and_never_serves_old_b
     assert (fresh.headers["X-Cache"], fresh.content) == ("HIT", b"first version")
     assert origin.stats()["requests"] == []
 
-    time.sleep(1.2)
+    age_entry(stack, key, TTL + 1)
     stale_unchanged = stack.get(url)  # older than the TTL: one conditional request, 304, no body
     assert (stale_unchanged.headers["X-Cache"], stale_unchanged.content) == ("HIT", b"first version")
     stats = origin.stats()
@@ -43,7 +64,7 @@ def test_ttl_revalidates_stale_entries_without_body_bytes_and_never_serves_old_b
     assert origin.stats()["requests"] == []
 
     origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"second version")
-    time.sleep(1.2)
+    age_entry(stack, key, TTL + 1)
     changed = stack.get(url)
     assert b"first version" not in changed.content
     assert (changed.status_code, changed.headers["X-Cache"]) == (307, "MISS")
@@ -58,6 +79,7 @@ def test_range_miss_fills_the_whole_object_only_when_enabled(origin, make_stack,
     origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"0123456789" * 100)
     url = stack.proxied(origin.presign(BUCKET, key))
     origin.reset()
+    before = stack.stats()
     r = raw_request("GET", url, headers={"Range": "bytes=0-9"})
     assert (r.status_code, r.headers["X-Cache"]) == (307, "MISS")
     if filled:
@@ -65,6 +87,8 @@ def test_range_miss_fills_the_whole_object_only_when_enabled(origin, make_stack,
         hit = raw_request("GET", url, headers={"Range": "bytes=0-9"})
         assert (hit.status_code, hit.content) == (206, b"0123456789")
     else:
-        time.sleep(0.5)
+        # The miss was answered without queueing a fill (decided before the 307 was sent).
+        after = stack.wait_fills_settled(before)
+        assert after["sidecar_misses"] == {"fill": 0, "redirect": 1}
         assert not stack.object_file(BUCKET, key).exists()
         assert origin.stats()["requests"] == []

@@ -28,7 +28,7 @@ def _cacheable(bucket, key):
 
 
 @given(buckets, keys)
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 def test_no_key_maps_outside_the_objects_tree(bucket, key):
     ref, path = _cacheable(bucket, key)
     assume(path is not None)
@@ -41,7 +41,7 @@ def test_no_key_maps_outside_the_objects_tree(bucket, key):
 
 
 @given(buckets, keys, buckets, keys)
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 def test_distinct_keys_never_share_a_file(b1, k1, b2, k2):
     assume((b1, k1) != (b2, k2))
     _, p1 = _cacheable(b1, k1)

@@ -31,6 +31,7 @@ from tests.origin.credentials import (
     ACCESS_KEY_1, ACCESS_KEY_2, ADMIN_ACCESS_KEY, CREDENTIALS, SECRET_KEY_2,
 )
 from tests.origin.fixture import start_origin
+from tests.presigned import wait_expired
 
 KEYS = [k for k in (Path(__file__).parent / "data" / "gateway-keys.txt").read_text("utf-8").split("\n") if k]
 BUCKET = "origin-test"
@@ -199,9 +200,12 @@ def test_missing_signature_parameter(origin, version):
 
 
 def test_expired_urls(origin):
+    # One URL each that is valid for a long while, and one that expires in a second: a 1-second URL
+    # may already be past its whole second when it is first fetched, so only its expiry is asserted.
+    valid = {v: origin.presign(BUCKET, "a.txt", version=v, expires=600) for v in VERSIONS}
     urls = {v: origin.presign(BUCKET, "a.txt", version=v, expires=1) for v in VERSIONS}
-    assert all(fetch(u).status_code == 200 for u in urls.values())
-    time.sleep(2.1)  # X-Amz-Date has whole seconds, so 1 s of validity can last up to 2 s
+    assert all(fetch(u).status_code == 200 for u in valid.values())
+    wait_expired(*urls.values())
     for url in urls.values():
         resp = fetch(url)
         assert_refused(resp, "AccessDenied", SECRET)
@@ -337,7 +341,7 @@ def test_slow_fault(origin):
     resp = fetch(origin.presign(BUCKET, key))
     elapsed = time.monotonic() - start
     assert resp.content == body
-    assert 0.5 <= elapsed < 5, elapsed
+    assert 0.5 <= elapsed < 60, elapsed  # slow on purpose; the upper bound only catches a hang
 
 
 def test_bad_etag_fault(origin):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -156,17 +155,20 @@ def test_zero_byte_objects_are_cached(origin, stack):
 
 def _assert_never_cached(origin, stack, key: str, url: str) -> None:
     origin.reset()
+    before = stack.stats()
     first = stack.get(stack.proxied(url))
     assert first.headers["X-Cache"] == "MISS"
     assert first.headers["Location"] == url
-    # The background fetch happened (and was refused or failed) ...
-    wait_until(lambda: origin_gets(origin, f"/{key}") >= 1, what="the fill attempt")
-    wait_until(lambda: no_temp_files(stack), what="the temp file to go")
-    time.sleep(0.3)
+    # The background fetch happened and ended, counted as failed ...
+    after = stack.wait_fills_settled(before)
+    assert after["fills"]["failed"] == before["fills"]["failed"] + 1
+    assert origin_gets(origin, f"/{key}") >= 1
+    assert no_temp_files(stack)
     # ... and left nothing behind: no object, no metadata, still a miss.
     assert not stack.object_file(BUCKET, key).exists()
     assert not any(stack.layout.meta_dir.rglob(Path(key).name))
     assert stack.get(stack.proxied(url)).headers["X-Cache"] == "MISS"
+    stack.wait_fills_settled(after)  # that miss's fill attempt too, before the caller goes on
 
 
 def test_forbidden_missing_and_expired_are_never_cached(origin, stack):
@@ -226,9 +228,12 @@ def test_a_key_and_a_key_below_it_never_share_a_file(origin, stack):
     stack.wait_cached(BUCKET, "clash/a")
     # 'clash/a' is a file, so 'clash/a/b' cannot be stored: always redirected, never the wrong bytes.
     for _ in range(2):
+        before = stack.stats()
         r = stack.get(stack.proxied(url_ab))
         assert (r.status_code, r.headers["X-Cache"]) == (307, "MISS")
-        time.sleep(0.3)
+        after = stack.wait_fills_settled(before)
+        assert after["fills"]["filled"] == before["fills"]["filled"]
+        assert not stack.object_file(BUCKET, "clash/a").is_dir()
     assert stack.get(stack.proxied(url_a)).content == b"file a"
 
 
@@ -257,10 +262,11 @@ def test_literal_plus_is_redirected_and_encoded_plus_is_cached(origin, stack):
 ])
 def test_traversal_attempts_never_read_or_write_outside_the_cache(origin, stack, path):
     before = set(stack.workdir.parent.iterdir())
+    stats_before = stack.stats()
     r = stack.get(stack.url + path)
     assert b"root:" not in r.content
     assert r.status_code in (307, 400, 404)
-    time.sleep(0.2)
+    stack.wait_fills_settled(stats_before)  # a fill it queued (of bucket "etc", say) has done its worst
     assert set(stack.workdir.parent.iterdir()) == before
     assert not any("passwd" in str(p) for p in stack.layout.objects_dir.rglob("*"))
 
@@ -381,8 +387,11 @@ def test_the_access_log_holds_no_working_signature(origin, stack):
     stack.get(stack.proxied(url))
     stack.get(stack.proxied(v2))
     raw_request("PUT", stack.proxied(url))
-    time.sleep(0.3)
-    log = (stack.layout.logs_dir / "access.log").read_text()
+
+    def logged():  # Caddy writes the line once the response is done: wait for the last request's
+        text = (stack.layout.logs_dir / "access.log").read_text()
+        return text if '"method":"PUT"' in text else None
+    log = wait_until(logged, what="the PUT in the access log")
     for signed in (url, v2):
         signature = signed.rsplit("Signature=", 1)[1].split("&")[0]
         assert signature not in log

@@ -138,7 +138,7 @@ def test_metrics_agree_with_the_truth(known):
     assert m[("s3cache_sidecar_misses_total", (("action", "fill"),))] == 3
     assert m[("s3cache_sidecar_misses_total", (("action", "redirect"),))] == 2
     assert m[("s3cache_cache_files", ())] == 3 and m[("s3cache_cache_bytes", ())] == 355_000
-    assert m[("s3cache_evict_watermark_percent", (("mark", "high"),))] == 90
+    assert m[("s3cache_evict_watermark_percent", (("mark", "high"),))] == float(stack.env["S3CACHE_EVICT_HIGH"])
     assert m[("s3cache_eviction_passes_total", ())] == snap["evictor"]["since_start"]["passes"]
     assert m[("s3cache_egress_saved_dollars", (("basis", "gross"),))] == pytest.approx(910_000 * 0.09 / GIB)
 
