@@ -19,12 +19,16 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-depl
 run: $(STAMP)
 	$(BIN)/s3cache up $(if $(wildcard .env),--env-file .env)
 
+# The machine's test tools (Chromium, the deployment tests' Debian packages and Debian root) are
+# installed before pytest, never by a test; quick when they are there (tests/host_tools.py).
 # pytest exits 5 when nothing is collected; that is not a failure here.
 test: $(STAMP)
+	$(BIN)/python -m tests.host_tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Only the deployment tests (compose under podman, Ansible into a booted Debian container; need root).
 test-deploy: $(STAMP)
+	$(BIN)/python -m tests.host_tools
 	$(BIN)/python -m pytest tests/deploy
 
 # Benchmarks: installs wrk, nginx and matplotlib as needed; writes bench/results/latest.md and plots.

@@ -1,65 +1,29 @@
-"""Headless Chromium for page tests: Debian's ``chromium``, installed by the test run itself when absent.
+"""Headless Chromium for page tests: Debian's ``chromium``, installed by the test set-up, never by a test.
 
-``chromium_or_skip_reason()`` returns ``(path, "")`` or ``(None, why)``.  When the
-browser is missing and we are root with apt-get (CI, a fresh machine), the
-package is installed here; otherwise (or if that fails) the caller skips with
-the reason.  ``dump_dom`` and ``screenshot`` run it with flags that keep it
-off the network and away from any profile but a fresh one.
+``chromium_or_skip_reason()`` returns ``(path, "")`` or ``(None, why)``; the caller passes ``why`` to
+``tests.host_tools.unavailable`` (a skip, or a failure on CI).  ``dump_dom`` and ``screenshot`` run
+it with flags that keep it off the network and away from any profile but a fresh one.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-PACKAGE = "chromium"
-INSTALL_TIMEOUT = 900
+from tests.host_tools import CHROMIUM_DEBS, SETUP_COMMAND
+
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--hide-scrollbars")
 
-_found: tuple[str | None, str] | None = None
-
-
-def _which() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _install() -> str:
-    """Install Debian's chromium; returns '' or why it could not be."""
-    if os.geteuid() != 0:
-        return "chromium is not installed and this user cannot install it (not root)"
-    if not shutil.which("apt-get"):
-        return "chromium is not installed and there is no apt-get to install it with"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", PACKAGE, "fonts-dejavu-core"]):
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return f"installing chromium timed out ({' '.join(cmd)})"
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            return f"could not install chromium ({' '.join(cmd)}): {' | '.join(tail)}"
-    return ""
-
 
 def chromium_or_skip_reason() -> tuple[str | None, str]:
-    global _found
-    if _found is None:
-        path = _which()
-        if path is None:
-            why = _install()
-            path = _which()
-            if path is None:
-                _found = (None, why or "chromium was installed but is not on PATH")
-                return _found
-        _found = (path, "")
-    return _found
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        return None, f"chromium is not installed ({' '.join(CHROMIUM_DEBS)}); the test set-up installs it: {SETUP_COMMAND}"
+    return path, ""
 
 
 def _run(binary: str, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:

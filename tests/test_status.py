@@ -1,8 +1,9 @@
 """Status page, metrics and ``s3cache stats`` on the real stack: after a known sequence of requests,
 all three agree with each other and with the truth (what we sent, and what the origin sent us).
 
-The page is checked in a real headless Chromium (Debian's package; installed by the test run when
-absent and we are root, skipped with the reason otherwise), and a screenshot is saved.
+The page is checked in a real headless Chromium (Debian's package, installed by the test set-up,
+``python -m tests.host_tools``; skipped with the reason where it is missing, failed on CI), and a
+screenshot is saved.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from s3cache.stats_summary import details, headline_rows
 from tests import chromium
+from tests.host_tools import unavailable
 from tests.stack import BIN, Stack, raw_request, wait_until
 
 pytestmark = pytest.mark.integration
@@ -199,7 +201,7 @@ def test_page_in_a_real_browser_shows_the_same_figures(known, tmp_path):
     stack, snap = known
     binary, why = chromium.chromium_or_skip_reason()
     if binary is None:
-        pytest.skip(why)
+        unavailable(why)
     page_url = stack.url + "/_s3cache/"
     dom = chromium.dump_dom(binary, page_url)
     parser = _Figures()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.deploy.hostsetup import ensure_debs
+from tests.deploy.hostsetup import require_debs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -18,7 +18,7 @@ PODMAN_OVERRIDE = Path(__file__).with_name("compose.podman.yml")
 
 def compose(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOSE_FILE,), project: str = "s3cache",
             docker_host: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    ensure_debs("docker-compose")
+    require_debs("docker-compose")
     # Settings exported in the caller's shell would win over the env file: keep them out.
     env = {k: v for k, v in os.environ.items() if not k.startswith("S3CACHE_")}
     if docker_host:

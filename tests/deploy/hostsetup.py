@@ -1,7 +1,9 @@
 """What the deployment tests need from the machine: root, Debian packages, a cached Debian root filesystem.
 
-Everything is installed by the tests themselves (``apt-get``, ``debootstrap``); when that is impossible
-here (not root, no apt, mirror unreachable) the test is skipped with the reason, never failed.
+Nothing is installed by the tests: the packages (``tests.host_tools.DEPLOY_DEBS``) and the Debian root
+are provided by the test set-up (``python -m tests.host_tools``, run by ``make test`` before pytest).
+A test whose tool is missing is skipped with the reason (failed on CI); one that needs root or
+namespaces this machine does not allow is skipped.
 
 The debootstrapped bookworm root is built once and kept as a tarball under ``CACHE_DIR``, outside the
 repository: it is both the base image of the compose test and the disposable "VM" of the Ansible test.
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.host_tools import SETUP_COMMAND, require_debs, unavailable
+
 CACHE_DIR = Path(os.environ.get("S3CACHE_TEST_CACHE", "/var/cache/s3cache-test"))
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
@@ -30,54 +34,20 @@ ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv",
 # The host's trust store, so pip inside the root trusts what pip on this machine trusts.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-_apt_updated = False
-
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("deployment tests need root (namespaces, apt-get, podman, systemd-nspawn)")
-    if shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
-        pytest.skip("deployment tests need a Debian-like host (apt-get)")
+        pytest.skip("deployment tests need root (namespaces, podman, systemd-nspawn)")
 
 
 def require_namespaces() -> None:
     """Network namespaces (and so podman's and nspawn's isolation) must be allowed here."""
-    ensure_debs("iproute2")
+    require_debs("iproute2")
     probe = f"s3c-probe-{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
     subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
-
-
-def missing_debs(packages: tuple[str, ...]) -> list[str]:
-    missing = []
-    for pkg in packages:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
-        if out.returncode != 0 or "install ok installed" not in out.stdout:
-            missing.append(pkg)
-    return missing
-
-
-def ensure_debs(*packages: str) -> None:
-    """Install what is missing with apt-get (one `apt-get update` per session); skip if apt cannot."""
-    global _apt_updated
-    if shutil.which("dpkg-query") is None:
-        pytest.skip("deployment tests need a Debian-like host (apt-get, dpkg)")
-    missing = missing_debs(packages)
-    if not missing:
-        return
-    require_root()
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    if not _apt_updated:
-        run = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, text=True, timeout=300)
-        if run.returncode != 0:
-            pytest.skip(f"apt-get update failed (no package mirror?): {run.stderr.strip()[-300:]}")
-        _apt_updated = True
-    run = subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, capture_output=True,
-                         text=True, timeout=600)
-    if run.returncode != 0:
-        pytest.skip(f"apt-get install {' '.join(missing)} failed: {run.stderr.strip()[-300:]}")
 
 
 @contextmanager
@@ -89,11 +59,15 @@ def cache_lock(name: str):
         yield
 
 
-def rootfs_tarball() -> Path:
-    """A debootstrapped Debian bookworm root as a tarball, built once (~1 min) and reused."""
-    ensure_debs("debootstrap")
+def rootfs_path() -> Path:
+    """Where the tarball for the current recipe (suite, mirror, packages, host CA bundle) lives."""
     recipe = " ".join((SUITE, MIRROR, *ROOTFS_PACKAGES)).encode() + HOST_CA_BUNDLE.read_bytes()
-    tarball = CACHE_DIR / f"{SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}.tar"
+    return CACHE_DIR / f"{SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}.tar"
+
+
+def build_rootfs() -> Path:
+    """Build the tarball unless it exists (~1 min); for the test set-up. RuntimeError says why it could not."""
+    tarball = rootfs_path()
     with cache_lock("rootfs"):
         if tarball.exists():
             return tarball
@@ -101,13 +75,21 @@ def rootfs_tarball() -> Path:
             root = Path(tmp) / "root"
             run = subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", SUITE, str(root), MIRROR],
-                capture_output=True, text=True, timeout=900)
+                capture_output=True, text=True, timeout=1800)
             if run.returncode != 0:
-                pytest.skip(f"debootstrap {SUITE} failed (mirror unreachable?): {run.stdout.strip()[-400:]}")
+                raise RuntimeError(f"debootstrap {SUITE} failed (mirror unreachable?): {run.stdout.strip()[-400:]}")
             shutil.copyfile(HOST_CA_BUNDLE, root / "etc/ssl/certs/ca-certificates.crt")
             partial = tarball.with_suffix(".partial")
             subprocess.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."], check=True)
             partial.rename(tarball)
+    return tarball
+
+
+def rootfs_tarball() -> Path:
+    """In a test: the Debian root the set-up built; skipped (failed on CI) when it is not there."""
+    tarball = rootfs_path()
+    if not tarball.exists():
+        unavailable(f"no Debian root filesystem at {tarball}; the test set-up builds it: {SETUP_COMMAND}")
     return tarball
 
 

@@ -20,7 +20,7 @@ from s3cache.cli import caddy_environment
 from s3cache.config import Config
 from s3cache.layout import Layout
 from tests.deploy.ansible import recap, run, tool
-from tests.deploy.hostsetup import ensure_debs, require_namespaces, require_root, rootfs_tarball
+from tests.deploy.hostsetup import require_debs, require_namespaces, require_root, rootfs_tarball
 from tests.deploy.netns import Relay, entered
 from tests.deploy.target import Target
 from tests.origin.credentials import ACCESS_KEY_1, REGION, SECRET_KEY_1
@@ -70,7 +70,7 @@ class Deployment:
 def deployment(tmp_path_factory, origin):
     require_root()
     tool("ansible-playbook")
-    ensure_debs("systemd-container", "iptables", "openssh-client")
+    require_debs("systemd-container", "iptables", "openssh-client")
     require_namespaces()
     workdir = tmp_path_factory.mktemp("ansible")
     target = Target(workdir, rootfs_tarball(), f"s3c-{os.getpid()}-a", subnet=1 + os.getpid() % 250)

@@ -19,7 +19,7 @@ import requests
 from botocore.config import Config as BotoConfig
 
 from tests.deploy.compose import COMPOSE_FILE, PODMAN_OVERRIDE, compose
-from tests.deploy.hostsetup import ensure_debs, require_namespaces, require_root, rootfs_tarball
+from tests.deploy.hostsetup import require_debs, require_namespaces, require_root, rootfs_tarball
 from tests.deploy.netns import NetNS, Relay, entered
 from tests.deploy.podman import Podman
 from tests.origin.credentials import ACCESS_KEY_1, REGION, SECRET_KEY_1
@@ -65,7 +65,7 @@ class ComposeStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, origin):
     require_root()
-    ensure_debs("podman", "docker-compose", "iptables")
+    require_debs("podman", "docker-compose", "iptables")
     require_namespaces()
     podman = Podman(tmp_path_factory.mktemp("podman"))
     base = podman.base_image(rootfs_tarball())
