@@ -408,6 +408,19 @@ def test_v2_missing_or_repeated_parameter(name):
     assert (v.ok, v.status, v.code) == (False, 403, "AccessDenied"), v
 
 
+@settings(max_examples=300)
+@given(name=st.sampled_from(["AWSAccessKeyId", "Expires", "Signature"]), drop=st.booleans(),
+       value=st.sampled_from(["", "0", "-1", "1" * 13, "9" * 12, "%zz", "+", AKID, "AKIANOBODY"])
+       | st.text(st.characters(codec="ascii", exclude_characters="&#"), max_size=30))
+def test_v2_refusals_agree_with_the_s3_model(name, drop, value):
+    s = presign("s3")
+    if drop:
+        s = s.with_query("&".join(p for p in s.query.split("&") if not p.startswith(name + "=")))
+    else:
+        s = s.with_param(name, value)
+    assert_s3_agrees(s)
+
+
 @pytest.mark.parametrize("name", ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                                   "X-Amz-SignedHeaders", "X-Amz-Signature"])
 def test_v4_missing_or_repeated_parameter(name):
