@@ -214,7 +214,6 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     doc: str
-    attr: str = field(default="")
 
 
 SETTINGS: tuple[Setting, ...] = (

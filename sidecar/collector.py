@@ -74,7 +74,7 @@ class Collector:
         self._lock = threading.Lock()
         self._miss_lock = threading.Lock()
         self.follower = LogFollower(layout.access_log, clock=clock)
-        self.traffic = Traffic(layout, getattr(config, "addressing", None))
+        self.traffic = Traffic(layout, config.addressing)
         self.misses: Counter[str] = Counter()
         self.fill_durations = Histogram(FILL_BUCKETS)
         self._fills_seen = 0
@@ -186,7 +186,7 @@ class Collector:
                 "started_at": self.started_at,
                 "upstream": self.config.upstream,
                 "access": self.config.access,
-                "miss_mode": getattr(self.config, "miss", "redirect"),
+                "miss_mode": self.config.miss,
                 "price_per_gb": self.config.egress_price_per_gb,
                 "since_start": self._period(total, pending=self.traffic.pending_count),
                 "last_hour": self._period(hour, pending=None),
