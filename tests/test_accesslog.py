@@ -11,6 +11,7 @@ import pytest
 from s3cache import accesslog
 from s3cache.accesslog import Follower
 from tests.test_evictor_accesslog import CADDY_2_11_HIT_LINE, CADDY_2_11_MISS_LINE
+from tests.test_status_units import collect
 
 
 def test_a_caddy_line_becomes_one_record():
@@ -38,7 +39,6 @@ def roll_gzipped(log, name: str) -> None:
     """What Caddy does by default: rename, start a new file, gzip the old one and delete it."""
     rolled = log.parent / name
     os.rename(log, rolled)
-    log.write_bytes(b"")
     with open(rolled, "rb") as src, gzip.open(f"{rolled}.gz", "wb") as dst:
         dst.write(src.read())
     rolled.unlink()
@@ -48,21 +48,13 @@ def test_the_sidecar_follower_reads_gzipped_rolls_too(tmp_path):
     log = tmp_path / "access.log"
     log.write_bytes(b"")
     f = Follower(log)
-    with open(log, "ab") as fh:
-        fh.write(b"1\n")
-    roll_gzipped(log, "access-2026-11-24T16-00-00.000-size.log")
-    time.sleep(0.01)
-    with open(log, "ab") as fh:
-        fh.write(b"2\n")
-    roll_gzipped(log, "access-2026-11-24T16-00-01.000-size.log")
-    with open(log, "ab") as fh:
-        fh.write(b"3\n")
-    out: list[bytes] = []
-    f.read(out.append)
-    assert out == [b"1", b"2", b"3"]
-    out.clear()
-    f.read(out.append)
-    assert out == []
+    for n, second in ((b"1", "00"), (b"2", "01")):  # two rolls, both gzipped, between two reads
+        log.write_bytes(n + b"\n")
+        roll_gzipped(log, f"access-2026-11-24T16-00-{second}.000-size.log")
+        time.sleep(0.01)
+    log.write_bytes(b"3\n")
+    assert collect(f) == [b"1", b"2", b"3"]
+    assert collect(f) == []
 
 
 def test_rolls_from_before_the_follower_started_are_not_its_lines(tmp_path):
@@ -70,6 +62,4 @@ def test_rolls_from_before_the_follower_started_are_not_its_lines(tmp_path):
     (tmp_path / "access-2026-11-24T16-00-00.000-size.log").write_bytes(b"old\n")
     f = Follower(log)
     log.write_bytes(b"new\n")
-    out: list[bytes] = []
-    f.read(out.append)
-    assert out == [b"new"]
+    assert collect(f) == [b"new"]
