@@ -54,9 +54,9 @@ ErrorHandler = Callable[[str, "OSError | str"], None]
 # -- one line ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
-    """One request as Caddy logged it."""
+    """One request as Caddy logged it (a plain slotted class: one is made per line)."""
 
     ts: float
     method: str
