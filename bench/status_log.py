@@ -4,7 +4,7 @@ Writes N access-log lines shaped like Caddy's (a hit/miss/denied mix, presigned
 queries, signatures redacted), then times, in this one run:
 
   baseline   ``for line in file: json.loads(line)``: the floor for reading JSON lines
-  follow     ``sidecar.logtail.LogFollower`` + ``sidecar.traffic.Traffic``: what the
+  follow     ``s3cache.accesslog.Follower`` + ``sidecar.traffic.Traffic``: what the
              sidecar's background thread does every few seconds
 
 and prints lines per second and the ratio to the baseline.  The figure tells how
@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from s3cache.layout import Layout  # noqa: E402
-from sidecar.logtail import LogFollower  # noqa: E402
+from s3cache.accesslog import Follower  # noqa: E402
 from sidecar.traffic import Traffic  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> int:
         baseline = time.perf_counter() - t0
 
         traffic = Traffic(layout)
-        follower = LogFollower(log, from_start=True)
+        follower = Follower(log, from_start=True)
         t0 = time.perf_counter()
         n = follower.read(traffic.feed)
         traffic.resolve(now=time.time())

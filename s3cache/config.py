@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
@@ -214,7 +214,6 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     doc: str
-    attr: str = field(default="")
 
 
 SETTINGS: tuple[Setting, ...] = (

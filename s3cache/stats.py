@@ -15,10 +15,10 @@ import json
 import requests
 
 from s3cache.config import Config, HostPort
+from s3cache.wire import STATS_PATH
 from s3cache.stats_summary import (details, fmt_age, fmt_bytes, fmt_count, fmt_percent, fmt_time,
                                    headline_rows)
 
-STATS_PATH = "/_s3cache/stats.json"
 TIMEOUT = 10.0
 
 

@@ -24,8 +24,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Mapping
 
-CLIENT_IP_HEADER = "X-S3cache-Client-Ip"
-VIA_CADDY_HEADER = "X-S3cache-Uri"
+from s3cache.wire import CLIENT_IP_HEADER, RAW_URI_HEADER as VIA_CADDY_HEADER
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

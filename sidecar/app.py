@@ -11,14 +11,15 @@ import logging
 
 from flask import Flask, Response, request
 
+from s3cache import wire
 from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
 import requests
 
-from sidecar import health
+from sidecar import internal
+from sidecar.internal import client_host
 from sidecar.status import Status
-from sidecar.access import HitRequest, check_hit
 from sidecar.fill import Filler
 from sidecar.miss import plan_miss
 from sidecar.redirect import redirect_307
@@ -26,19 +27,11 @@ from sidecar.s3errors import error_response
 
 log = logging.getLogger("sidecar")
 
-# Caddy passes the URI exactly as the client sent it in this header; waitress's
-# REQUEST_URI is the fallback when the sidecar is reached directly.
-RAW_URI_HEADER = "X-S3cache-Uri"
-# ... and the client's Host (forward_auth replaces Host with the sidecar's).
-HOST_HEADER = "X-S3cache-Host"
-
-
-def client_host() -> str:
-    return request.headers.get(HOST_HEADER) or request.headers.get("Host", "")
-
 
 def raw_request_uri() -> str:
-    return request.headers.get(RAW_URI_HEADER) or request.environ.get("REQUEST_URI") or request.full_path
+    # Caddy passes the URI exactly as the client sent it; waitress's REQUEST_URI
+    # is the fallback when the sidecar is reached directly.
+    return request.headers.get(wire.RAW_URI_HEADER) or request.environ.get("REQUEST_URI") or request.full_path
 
 
 def create_app(config: Config, filler: Filler | None = None) -> Flask:
@@ -50,36 +43,26 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     # One pooled session for revalidation: a keep-alive connection to S3 saves a handshake per hit.
     upstream = requests.Session()
     upstream.mount(config.upstream, requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32))
-    app.extensions["s3cache"] = {"config": config, "layout": layout, "filler": filler}
-    app.extensions["s3cache"]["status"] = status = Status(config, layout, filler)  # page, metrics, admin allow-list
+    status = Status(config, layout, filler)  # the collector behind the page, metrics and stats
+    app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
+    app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
 
     @app.before_request
-    def dispatch() -> Response:
+    def dispatch() -> Response | None:
         # Dispatch on the raw URI ourselves: Werkzeug's routing would merge
         # '//' and decode the path, and S3 keys need every byte as sent.
         # Our own endpoints are recognised by the URI Caddy sent us (forward_auth
-        # rewrites it to /_s3cache/auth); misses by the client's original URI.
+        # rewrites it to /_s3cache/auth) and routed to the blueprint; misses by
+        # the client's original URI.
         path = (request.environ.get("REQUEST_URI") or request.path).partition("?")[0]
         raw_uri = raw_request_uri()
         if path == "/" and config.addressing.bucket_for_host(client_host()) is not None:
             return answer_miss(raw_uri)  # a virtual-hosted bucket's root: S3's (a listing), not our page
-        answered = status.answer(path, request)  # status page, metrics; S3CACHE_ADMIN_ALLOW (health too)
-        if answered is not None:
-            return answered
-        if path == "/_s3cache/health":
-            return health.health_response(config, layout, filler)
-        if path == "/_s3cache/auth":
-            return answer_auth()
-        if path.startswith("/_s3cache/"):
-            return error_response(404, "NoSuchKey", "No such s3cache endpoint.", path)
+        if internal.routes(path, request.method):
+            return None  # the blueprint's, guard included
+        if wire.is_internal(path):
+            return internal.not_found(path)
         return answer_miss(raw_uri)
-
-    def answer_auth() -> Response:
-        # Caddy's forward_auth: the client's request arrives as headers.
-        hit = HitRequest(method=request.headers.get("X-Forwarded-Method", "GET"),
-                         raw_uri=request.headers.get(RAW_URI_HEADER) or request.headers.get("X-Forwarded-Uri", ""),
-                         headers=request.headers, host=client_host())
-        return check_hit(hit, config, layout, filler, upstream)
 
     def answer_miss(raw_uri: str) -> Response:
         try:

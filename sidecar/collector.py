@@ -2,7 +2,7 @@
 
 Each figure comes from where it is true:
 
-- requests and bytes: Caddy's access log (``sidecar.logtail`` + ``sidecar.traffic``),
+- requests and bytes: Caddy's access log (``s3cache.accesslog`` + ``sidecar.traffic``),
   read incrementally by a background thread every few seconds and again
   before each snapshot, so a page is never behind the log;
 - misses the sidecar answered, and fills: the sidecar's own counters;
@@ -29,7 +29,7 @@ from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.usage import statvfs_usage, usage_percent
 from sidecar.fill import Filler
-from sidecar.logtail import LogFollower
+from s3cache.accesslog import Follower
 from sidecar.traffic import METHODS, RESULTS, Bucket, Traffic
 
 log = logging.getLogger("sidecar.stats")
@@ -73,8 +73,8 @@ class Collector:
         self.started_at = clock()
         self._lock = threading.Lock()
         self._miss_lock = threading.Lock()
-        self.follower = LogFollower(layout.access_log, clock=clock)
-        self.traffic = Traffic(layout, getattr(config, "addressing", None))
+        self.follower = Follower(layout.access_log, clock=clock)
+        self.traffic = Traffic(layout, config.addressing)
         self.misses: Counter[str] = Counter()
         self.fill_durations = Histogram(FILL_BUCKETS)
         self._fills_seen = 0
@@ -186,7 +186,7 @@ class Collector:
                 "started_at": self.started_at,
                 "upstream": self.config.upstream,
                 "access": self.config.access,
-                "miss_mode": getattr(self.config, "miss", "redirect"),
+                "miss_mode": self.config.miss,
                 "price_per_gb": self.config.egress_price_per_gb,
                 "since_start": self._period(total, pending=self.traffic.pending_count),
                 "last_hour": self._period(hour, pending=None),

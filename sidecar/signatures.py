@@ -3,8 +3,8 @@
 This module owns one question for the ``verify`` access mode: *would S3 accept
 this presigned GET/HEAD?*  It answers from the configured signing keys alone,
 without a round trip to S3, and says why not in S3's own terms (status, error
-code, message).  It also owns the two helpers that come with it: parsing the
-``AKID:SECRET`` key list, and the S3-style XML error body.
+code, message).  (The ``AKID:SECRET`` key list is parsed by ``s3cache.config``
+and the XML error body is written by ``sidecar.s3errors``.)
 
 It is pure: no I/O, the clock is a parameter, and no request input can make it
 raise -- every answer is a ``Verdict``.  It runs on every cached hit, so the

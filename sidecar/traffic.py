@@ -1,6 +1,6 @@
 """What clients got, counted from Caddy's access log: requests by result, bytes by source, top objects.
 
-One JSON line per request (``sidecar.logtail`` hands them over).  What each
+One record per request (``s3cache.accesslog`` reads and parses the lines).  What each
 line tells, and how exactly:
 
 - **result**: its ``X-Cache`` response header: ``hit``, ``miss``, ``denied``,
@@ -22,8 +22,6 @@ line tells, and how exactly:
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import time
@@ -31,7 +29,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from s3cache import accesslog
 from s3cache.layout import Layout, ObjectRef
+from s3cache.wire import is_internal
 from s3cache.request_path import BadRequest, ParsedURI, parse_uri
 
 RESULTS = ("hit", "miss", "denied", "error", "other")
@@ -44,10 +44,6 @@ MAX_PENDING = 20_000
 # Distinct objects remembered for "top objects"; beyond it the smaller half is forgotten.
 TOP_CAPACITY = 20_000
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def is_internal(path: str) -> bool:
-    return path in ("/", "/_s3cache") or path.startswith("/_s3cache/")
 
 
 class _PathStyle:
@@ -129,28 +125,19 @@ class Traffic:
     def feed(self, line: bytes) -> None:
         self.lines += 1
         try:
-            rec = json.loads(line)
-            req, headers = rec["request"], rec.get("resp_headers") or {}
-            uri, method, ts = req["uri"], req.get("method", ""), float(rec["ts"])
-            status, size = int(rec.get("status") or 0), int(rec.get("size") or 0)
-            if not isinstance(uri, str) or not math.isfinite(ts):
-                raise ValueError("bad uri or ts")
-        except (ValueError, KeyError, TypeError, AttributeError):  # also JSONDecodeError, UnicodeDecodeError
+            rec = accesslog.parse(line)
+        except ValueError:
             self.malformed += 1
             return
-        # Caddy logs the raw request line; JSON gave us its UTF-8 reading.  Back to the
-        # latin-1 text parse_uri expects (as WSGI hands the sidecar the same bytes).
-        raw = uri.encode("utf-8", "surrogatepass").decode("latin-1")
-        host = req.get("host") if isinstance(req.get("host"), str) else ""
-        path = raw.partition("?")[0]
+        host, raw, path, ts, method = rec.host, rec.raw_uri, rec.raw_path, rec.ts, rec.method
         # A virtual-hosted bucket's "/" is S3's (a listing), not our page.
         if is_internal(path) and (path != "/" or self.addressing.bucket_for_host(host) is None):
             self.internal_requests += 1
             return
         ts = min(ts, time.time() + 60)  # a clock far ahead must not push the whole hour out of the window
         self.last_ts = max(self.last_ts, ts)
-        x_cache = headers.get("X-Cache")
-        result = x_cache[0].lower() if isinstance(x_cache, list) and x_cache else "other"
+        x_cache = rec.x_cache()
+        result = x_cache[0].lower() if x_cache and isinstance(x_cache[0], str) else "other"
         if result not in RESULTS:
             result = "other"
         method_label = method if method in ("GET", "HEAD") else "other"
@@ -160,14 +147,14 @@ class Traffic:
             b.requests[(result, method_label)] += 1
         if result == "hit":
             for b in buckets:
-                b.cache_bytes += size
-            self._count_top((host, path), size)
+                b.cache_bytes += rec.size
+            self._count_top((host, path), rec.size)
         elif result == "miss" and method == "GET":
-            if status == 200:  # streamed through the sidecar: Caddy counted the bytes
+            if rec.status == 200:  # streamed through the sidecar: Caddy counted the bytes
                 for b in buckets:
-                    b.streamed_bytes += size
-            elif 300 <= status < 400:
-                range_spec = _first((req.get("headers") or {}).get("Range"))
+                    b.streamed_bytes += rec.size
+            elif 300 <= rec.status < 400:
+                range_spec = rec.request_header("Range")
                 self._redirected(host, raw, ts, range_spec)
 
     def _minute(self, ts: float) -> Bucket | None:
@@ -277,8 +264,3 @@ class Traffic:
         best = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
         return [{"object": name, "bytes": b, "hits": h} for name, (b, h) in best]
 
-
-def _first(value) -> str | None:
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return value[0]
-    return value if isinstance(value, str) else None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from s3cache import wire
 from s3cache.request_path import SUBRESOURCES
 from tests.stack import BIN
 
@@ -21,6 +22,25 @@ def test_subresource_matcher_lists_exactly_the_python_subresources():
     match = re.search(r"@subresource vars_regexp \S+ \(\^\|&\)\(([^)]*)\)", text)
     assert match, "the @subresource matcher changed shape"
     assert sorted(match.group(1).split("|")) == sorted(SUBRESOURCES)
+
+
+def test_the_caddyfile_spells_the_wire_names_as_the_sidecar_does():
+    text = (ROOT / "Caddyfile").read_text()
+    # The headers Caddy adds on the way to the sidecar are the ones it reads.
+    sent = set(re.findall(r"header_up (X-S3cache-[\w-]+) ", text))
+    assert sent == {wire.RAW_URI_HEADER, wire.HOST_HEADER, wire.CLIENT_IP_HEADER}
+    # forward_auth asks the sidecar's auth endpoint, and clients never can.
+    assert re.findall(r"^\t+uri (\S+)$", text, re.M) == [wire.AUTH_PATH]
+    assert re.search(rf"@auth_endpoint path {re.escape(wire.AUTH_PATH)}$", text, re.M)
+    # What Caddy sends to the sidecar as ours is what the sidecar treats as ours.
+    internal = re.search(r"@internal path (.*)$", text, re.M).group(1).split()
+    # (Caddy's "/_s3cache/*" is wire.is_internal's "/_s3cache/" prefix, the page's path among them.)
+    assert wire.PREFIX + "/*" in internal
+    assert {p.removesuffix("*") for p in internal} == set(wire.PAGE_PATHS)
+    front = (ROOT / "Caddyfile.front").read_text()
+    assert re.search(rf"@front_health path {re.escape(wire.HEALTH_PATH)}$", front, re.M)
+    assert re.search(rf"health_uri {re.escape(wire.HEALTH_PATH)}$", front, re.M)
+    assert re.search(r"@front_page path (.*)$", front, re.M).group(1).split() == list(wire.PAGE_PATHS)
 
 
 @pytest.mark.parametrize("name", ["Caddyfile", "Caddyfile.front"])

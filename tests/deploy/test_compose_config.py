@@ -170,4 +170,8 @@ def test_images_are_build_arguments_with_official_defaults(default_config):
         dockerfile = (ROOT / build["dockerfile"]).read_text()
         assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in dockerfile
         assert re.search(r"^USER s3cache$", dockerfile, re.M), f"{part} must not run as root"
+        # One Dockerfile, one target per part, differing only in the command.
+        assert build["target"] == part
+        stage = re.search(rf"^FROM base AS {part}\n(?:#.*\n)*CMD (.*)$", dockerfile, re.M)
+        assert stage and json.loads(stage.group(1)) == ["python", "-m", part], part
     assert COMPOSE_FILE.exists()

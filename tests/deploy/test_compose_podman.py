@@ -1,6 +1,6 @@
 """docker-compose.yml for real: Debian's docker-compose driving podman, miss -> fill -> hit through it.
 
-The images are built by compose from the project's Dockerfiles on a local debootstrapped base (no
+The images are built by compose from the project's Dockerfile on a local debootstrapped base (no
 registry is reachable here); the official Caddy image is stood in for by that base plus the same
 pinned Caddy binary. The stack runs inside a network namespace of the test's own: the client reaches
 Caddy's published port on that namespace's loopback, and the sidecar reaches the signature-enforcing

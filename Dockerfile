@@ -1,8 +1,9 @@
-# The evictor (`python -m evictor`: LRU eviction between watermarks), built from the repository root:
-#   docker build -f evictor/Dockerfile .      (docker-compose.yml does this)
-# sidecar/Dockerfile is the same image with another command; keep the two in step.
+# The Python parts' image, one target per part (docker-compose.yml builds both):
+#   docker build --target sidecar -t s3cache-sidecar .   # `python -m sidecar`: misses, fills, health
+#   docker build --target evictor -t s3cache-evictor .   # `python -m evictor`: LRU eviction between watermarks
+# The two differ only in their command; every layer before it is shared.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE} AS base
 
 # One fixed uid for every part (docker-compose.yml runs Caddy as it too), so each can read what another wrote.
 ARG S3CACHE_UID=10001
@@ -35,4 +36,10 @@ COPY evictor /tmp/src/evictor
 RUN /opt/s3cache/bin/pip install --no-deps /tmp/src && rm -rf /tmp/src
 
 USER s3cache
+
+FROM base AS evictor
 CMD ["python", "-m", "evictor"]
+
+# Last, so a build without --target gives the sidecar.
+FROM base AS sidecar
+CMD ["python", "-m", "sidecar"]
