@@ -54,7 +54,8 @@ class HitRequest:
         return self.raw_uri.partition("?")[2]
 
 
-# The file Caddy is about to serve, relative to objects/ ("/<bucket>/<key>", as Go sends a string).
+# The file Caddy is about to serve, relative to objects/: "/<bucket>/<key>|" (the bytes of the Go
+# string; "|" ends it, since waitress strips trailing spaces from header values).
 SERVED_HEADER = "X-S3cache-Served"
 
 
@@ -63,7 +64,7 @@ def serves_object(served: str | None, relative: str) -> bool:
     if served is None:
         return False
     try:
-        return served.encode("latin-1") == ("/" + relative).encode("utf-8")
+        return served.encode("latin-1") == ("/" + relative + "|").encode("utf-8")
     except UnicodeEncodeError:
         return False
 

@@ -228,3 +228,25 @@ def test_a_bucket_owner_cannot_read_a_path_style_look_alike(origin, make_stack, 
     for target in (path, path + b"?" + sign_v2(None, path)):
         status, headers, body = send(stack.port, f"[{VICTIM}.{DOMAIN}]:80", target)
         assert body != f"{VICTIM}/{ATTACKER}/secret".encode(), (target, status, headers)
+
+
+ODD_KEYS = {"caf\u00e9": "HIT", "sp ace": "HIT", "trail ": "HIT", "pipe|": "HIT",
+            # No header can carry a control character to the check: these are never looked up on disk.
+            "a\x01b": "MISS", "tab\tx": "MISS", "del\x7fx": "MISS"}
+
+
+@pytest.mark.parametrize("mode", ["verify", "revalidate"])
+def test_the_served_file_check_passes_odd_keys_and_never_answers_502(origin, make_stack, mode):
+    origin.ensure_bucket(ATTACKER)
+    stack = make_stack(S3CACHE_ACCESS=mode, S3CACHE_SIGNING_KEYS=f"{ACCESS_KEY_1}:{SECRET_KEY_1}")
+    for key, outcome in ODD_KEYS.items():
+        origin.s3().put_object(Bucket=ATTACKER, Key=key, Body=key.encode())
+        path = f"/{ATTACKER}/{quote(key, safe='/')}".encode()
+        status, headers, _ = send(stack.port, "127.0.0.1", path + b"?" + sign_v2(None, path))
+        assert (status, headers.get("X-Cache")) == (307, "MISS"), key
+        stack.wait_cached(ATTACKER, key)
+        status, headers, body = send(stack.port, "127.0.0.1", path + b"?" + sign_v2(None, path))
+        if outcome == "HIT":
+            assert (status, headers.get("X-Cache"), body) == (200, "HIT", key.encode()), key
+        else:
+            assert (status, headers.get("X-Cache")) == (307, "MISS"), key
