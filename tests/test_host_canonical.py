@@ -145,3 +145,19 @@ def test_case_trailing_dots_and_port_do_not_change_the_bucket(host):
 ])
 def test_spellings_of_one_host(host, bucket):
     assert Addressing("https://s3.amazonaws.com", domain=DOMAIN).bucket_for_host(host) == bucket
+
+
+@pytest.mark.parametrize("served,relative,same", [
+    ("/b/k|", "b/k", True),
+    ("/b/caf\u00c3\u00a9|", "b/caf\u00e9", True),   # the UTF-8 bytes, as waitress decodes a header (latin-1)
+    ("/b/trail |", "b/trail ", True),
+    ("/b/k", "b/k", False),                          # no terminator: cut short somewhere
+    ("/B/k|", "b/k", False),
+    ("/b/k/|", "b/k", False),
+    ("b/k|", "b/k", False),
+    (None, "b/k", False),
+    ("/b/caf\u00e9|", "b/caf\u00e9", False),        # not what Caddy sends for that key
+])
+def test_the_served_file_header_names_exactly_one_object(served, relative, same):
+    from sidecar.access import serves_object
+    assert serves_object(served, relative) is same

@@ -17,7 +17,9 @@ import hashlib
 import hmac
 import http.client
 import socket
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -26,8 +28,11 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from s3cache.addressing import Addressing
 from s3cache.request_path import BadRequest
 from tests.origin.credentials import ACCESS_KEY_1, SECRET_KEY_1
+from tests.stack import BIN, Stack
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DOMAIN = "s3cache.test"
 ATTACKER = "public-att"   # the test origin serves public-* buckets to anyone
@@ -57,6 +62,11 @@ def start(origin, make_stack, upstream, mode: str):
     stack = make_stack(S3CACHE_UPSTREAM=upstream, S3CACHE_DOMAIN=DOMAIN, S3CACHE_ACCESS=mode,
                        S3CACHE_SIGNING_KEYS=f"{ACCESS_KEY_1}:{SECRET_KEY_1}",
                        HTTP_PROXY=origin.url, NO_PROXY="")
+    return fill(origin, stack)
+
+
+def fill(origin, stack):
+    """Cache every object through the proxy (a miss, then the background fill)."""
     for bucket, key in OBJECTS:
         url = origin.presign(bucket, key, version="v2").replace(origin.url, stack.url)
         status, headers, _ = send(stack.port, "127.0.0.1", url[len(stack.url):].encode("utf-8"))
@@ -250,3 +260,44 @@ def test_the_served_file_check_passes_odd_keys_and_never_answers_502(origin, mak
             assert (status, headers.get("X-Cache"), body) == (200, "HIT", key.encode()), key
         else:
             assert (status, headers.get("X-Cache")) == (307, "MISS"), key
+
+
+class StackWithCaddyfile(Stack):
+    """The stack run with another Caddyfile (`s3cache up --caddyfile`)."""
+
+    def __init__(self, workdir, upstream, caddyfile, **env):
+        super().__init__(workdir, upstream, **env)
+        self.caddyfile = caddyfile
+
+    def start(self, timeout: float = 20.0) -> "StackWithCaddyfile":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--caddyfile", str(self.caddyfile)],
+                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.wait_healthy(timeout)
+        return self
+
+
+@pytest.mark.parametrize("mode", ["verify", "revalidate"])
+def test_the_check_refuses_a_file_caddy_matched_for_another_object(origin, upstream, tmp_path, mode):
+    """Defense in depth: with a Caddyfile whose bucket map reads a Host differently from Python
+    (the case-sensitive map this project once had), the check still refuses, since the file Caddy
+    matched is not the object it authorized."""
+    text = (ROOT / "Caddyfile").read_text()
+    lines = [line for line in text.splitlines(keepends=True)
+             if not line.lstrip().startswith("~(?i)") and "not vars {bucket_dir}" not in line]
+    caddyfile = tmp_path / "Caddyfile"
+    caddyfile.write_text("".join(lines))
+    assert "host-not-canonical" not in caddyfile.read_text().split("root *")[0].split("map {")[1]
+    stack = StackWithCaddyfile(tmp_path / "stack", upstream, caddyfile, S3CACHE_DOMAIN=DOMAIN, S3CACHE_ACCESS=mode,
+                               S3CACHE_SIGNING_KEYS=f"{ACCESS_KEY_1}:{SECRET_KEY_1}",
+                               HTTP_PROXY=origin.url, NO_PROXY="")
+    try:
+        stack.start()
+        fill(origin, stack)
+        path = f"/{VICTIM}/secret".encode()
+        status, headers, body = send(stack.port, f"{ATTACKER.upper()}.{DOMAIN}", path + b"?" + sign_v2(ATTACKER, path))
+        assert (status, headers.get("X-Cache")) == (403, "DENIED"), (status, headers, body)
+        assert body != f"{VICTIM}/secret".encode()
+    finally:
+        stack.stop()
