@@ -103,7 +103,7 @@ def hosts(draw) -> str:
 
 
 @pytest.mark.parametrize("bucket", [None, "one-bucket"])
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(host=hosts())
 def test_caddy_serves_from_disk_only_the_bucket_python_names(bucket, host):
     addressing = Addressing("https://s3.amazonaws.com", domain=DOMAIN, bucket=bucket)
