@@ -12,6 +12,16 @@ Three addressing styles reach the same cache entry ``objects/<bucket>/<key>``:
 The redirect and the fetch go to the URL form the client's signature was made
 for: SigV4 signs the Host, so a virtual-hosted URL must stay virtual-hosted.
 Used by the sidecar (misses, access checks) and the evictor (access-log lines).
+
+Which bucket a Host names is decided here, once (``canonical_host`` and
+``Addressing.bucket_for_host``): host names are case-insensitive, may end in
+dots and carry a port.  Caddy cannot lower-case, so its bucket ``map`` serves a
+virtual-hosted file from disk only for the canonical spelling (lower case, no
+trailing dot) and sends every other name under S3CACHE_DOMAIN to the sidecar,
+which answers it as a miss under the bucket this module names.  The sidecar
+receives the client's Host as sent (``{http.request.hostport}``) and splits off
+the port exactly as Go's ``net.SplitHostPort`` does for Caddy's
+``{http.request.host}``, so both read one Host the same way.
 """
 
 from __future__ import annotations
@@ -37,8 +47,12 @@ class Addressing:
     bucket: str | None = None   # S3CACHE_BUCKET
 
     def bucket_for_host(self, host: str) -> str | None:
-        """The bucket a Host header names, or None for path-style."""
-        name = _hostname(host)
+        """The bucket a Host header names, or None for path-style.
+
+        ``<name>.<S3CACHE_DOMAIN>`` names bucket ``<name>`` (which parse_uri then checks; an
+        empty or invalid name is refused there); any other host names S3CACHE_BUCKET, if set.
+        """
+        name = canonical_host(host)
         if self.domain and name.endswith("." + self.domain):
             return name[: -len(self.domain) - 1]
         return self.bucket
@@ -60,8 +74,8 @@ class Addressing:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise BadRequest(400, "InvalidURI", "not an http(s) URL")
         raw_uri = url.split(parts.netloc, 1)[1].split("#", 1)[0] or "/"
-        upstream_name = _hostname(self.upstream.partition("://")[2])
-        name = _hostname(parts.netloc)
+        upstream_name = canonical_host(self.upstream.partition("://")[2])
+        name = canonical_host(parts.netloc)
         if name.endswith("." + upstream_name):
             return Addressing(self.upstream, domain=upstream_name).resolve(parts.netloc, raw_uri)
         if name == upstream_name:
@@ -69,8 +83,37 @@ class Addressing:
         return self.resolve(parts.netloc, raw_uri)
 
 
-def _hostname(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):  # [IPv6]:port
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def canonical_host(host: str) -> str:
+    """The name a Host header means: the port dropped (as Caddy does), ASCII lower case (DNS
+    names are case-insensitive; Caddy's ``(?i)`` regexes fold ASCII only), trailing dots stripped."""
+    return split_host_port(host.strip(" \t")).translate(_ASCII_LOWER).rstrip(".")
+
+
+def split_host_port(hostport: str) -> str:
+    """The host part of ``hostport`` exactly as Caddy's ``{http.request.host}`` gives it: Go's
+    ``net.SplitHostPort``, and the whole value unchanged wherever that reports an error.
+
+    ``[a.b]:80`` is ``a.b`` (Go does not check what is inside brackets); ``::1`` and ``a:b:c``
+    stay whole.  Mirrored rather than improved: any difference would let Caddy serve one bucket
+    while the sidecar authorizes another.
+    """
+    i = hostport.rfind(":")
+    if i < 0:
+        return hostport  # missing port
+    j = k = 0
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0 or end + 1 != i:
+            return hostport  # missing ']', missing port, or too many colons
+        host = hostport[1:end]
+        j, k = 1, end + 1
+    else:
+        host = hostport[:i]
+        if ":" in host:
+            return hostport  # too many colons
+    if "[" in hostport[j:] or "]" in hostport[k:]:
+        return hostport  # unexpected bracket
+    return host

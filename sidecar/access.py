@@ -54,6 +54,21 @@ class HitRequest:
         return self.raw_uri.partition("?")[2]
 
 
+# The file Caddy is about to serve, relative to objects/: "/<bucket>/<key>|" (the bytes of the Go
+# string; "|" ends it, since waitress strips trailing spaces from header values).
+SERVED_HEADER = "X-S3cache-Served"
+
+
+def serves_object(served: str | None, relative: str) -> bool:
+    """Is ``served`` (the header as waitress decoded it, latin-1) the file ``objects/<relative>``?"""
+    if served is None:
+        return False
+    try:
+        return served.encode("latin-1") == ("/" + relative + "|").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+
+
 def allow(hit: HitRequest, ref: ObjectRef, layout: Layout) -> Response:
     """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves."""
     try:
@@ -82,8 +97,15 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
         parsed = resolved.parsed
         ref = parsed.ref
         layout.object_path(ref)
+        relative = layout.relative_path(ref)
     except (BadRequest, Uncacheable):
         # Caddy only asks about paths that exist on disk; anything else is not ours to serve.
+        return deny(403, "AccessDenied", "Access Denied")
+    if not serves_object(hit.headers.get(SERVED_HEADER), relative):
+        # Caddy matched another file than the object checked here (a Host or path the two read
+        # differently): whatever this check would say is about the wrong bytes.
+        log.warning("refused a hit: Caddy matched %r, the request names %r",
+                    hit.headers.get(SERVED_HEADER), relative)
         return deny(403, "AccessDenied", "Access Denied")
     url = resolved.upstream_url
     if config.access == "revalidate":
