@@ -1,8 +1,10 @@
 """Access control on hits: may this request receive the cached bytes?
 
-Caddy asks ``/_s3cache/auth`` (``forward_auth``) before serving a cached file
-in the ``verify`` and ``revalidate`` modes; a 2xx answer lets Caddy serve the
-file, anything else is relayed to the client instead of the bytes.
+Caddy asks ``/_s3cache/auth`` before serving a cached file in the ``verify``
+and ``revalidate`` modes (and in ``open`` mode for objects whose S3 headers
+file_server cannot send itself); a 2xx answer lets Caddy serve the file with
+the headers it carries, anything else is relayed to the client instead of the
+bytes.
 
 - ``verify``: check the presigned signature and expiry locally, with the keys
   from S3CACHE_SIGNING_KEYS(_FILE).  No S3 round trip.
@@ -54,15 +56,23 @@ class HitRequest:
         return self.raw_uri.partition("?")[2]
 
 
-def allow(hit: HitRequest, ref: ObjectRef, layout: Layout) -> Response:
-    """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves."""
+def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None) -> Response:
+    """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves.
+
+    ``told``: S3's answer to this very URL about the same object (a revalidation),
+    which may tell headers the fill could not store.
+    """
     try:
         mtime = hit_headers.object_mtime(layout, ref)
     except FileNotFoundError:  # evicted since Caddy looked
         return deny(404, "NoSuchKey", "The specified key does not exist.")
+    if told is not None:
+        hit_headers.record(layout, ref, told, hit.raw_query)
     result = hit_headers.answer(hit.method, hit.headers, hit_headers.load_meta(layout, ref),
                                 hit.raw_query, mtime)
     resp = Response(status=result.status)
+    # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
+    del resp.headers["Content-Type"]
     resp.headers.update(result.headers)
     if result.status != 204:
         resp.headers["X-Cache"] = "HIT"  # a conditional answer from the cache is still a hit
@@ -137,10 +147,10 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         if status == 304:
             if config.ttl is not None:
                 freshness.mark_validated(layout, ref)
-            return allow(hit, ref, layout)
+            return allow(hit, ref, layout, told=resp.headers)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                return allow(hit, ref, layout)  # an origin that ignores If-None-Match; same object
+                return allow(hit, ref, layout, told=resp.headers)  # an origin that ignores If-None-Match
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)

@@ -37,6 +37,7 @@ import urllib3
 
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import Layout, ObjectRef
+from sidecar import hit_headers
 
 log = logging.getLogger("sidecar.fill")
 
@@ -47,6 +48,7 @@ MAX_PENDING = 1024
 QUEUE_WARNING_INTERVAL = 10.0
 
 # Response headers worth keeping: what a hit should answer with (S3 fidelity).
+# Only the object's own are stored: the fill leaves out what the URL's response-* overrode.
 KEPT_HEADERS = (
     "content-type", "content-encoding", "content-disposition", "content-language",
     "cache-control", "expires", "etag", "last-modified", "x-amz-version-id",
@@ -252,7 +254,8 @@ class Filler:
                     headers, size = self._copy_all(resp, fd)
             else:
                 headers, size = self._copy_all(response, fd)
-            self._commit(ref, fd, tmp, final, headers, replace)
+            # What the URL's response-* parameters overrode is S3's answer to that URL, not the object's.
+            self._commit(ref, fd, tmp, final, hit_headers.object_headers(headers, url.partition("?")[2]), replace)
             seconds = time.monotonic() - started
             log.info("filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
             return FillResult("filled", bytes=size, seconds=seconds)
@@ -297,7 +300,8 @@ class Filler:
                 except FillFailed as exc:
                     log.info("streaming %s uncached: %s", ref.name, exc)
                     plan = None
-                body = self._stream_body(ref, resp, fd, tmp, final, headers, plan)
+                body = self._stream_body(ref, resp, fd, tmp, final,
+                                         hit_headers.object_headers(headers, url.partition("?")[2]), plan)
                 return StreamedMiss(200, _client_headers(headers), body)
             relayed = resp.raw.read(64 * 1024, decode_content=False)
             status, headers = resp.status_code, _client_headers({k.lower(): v for k, v in resp.headers.items()})

@@ -1,23 +1,31 @@
 """S3's own answer on a hit: the stored headers, response-* overrides, and conditionals judged against S3's ETag.
 
 Caddy's file_server knows only its own ETag (mtime+size) and guesses
-Content-Type from the extension.  In the ``verify`` and ``revalidate`` modes
-the access check runs anyway, so it also returns what S3 would have sent:
+Content-Type from the extension.  Whenever a hit passes the sidecar (the
+``verify`` and ``revalidate`` modes, and ``open`` for objects whose headers
+file_server cannot reproduce, see ``needs_headers``), it returns what S3
+would have sent:
 
-- ``X-S3cache-<Header>`` for Content-Type, ETag, Content-Disposition, ... from
-  the object's metadata, with the presigned ``response-*`` overrides applied;
-  the Caddyfile copies them onto the response;
+- the object's own headers under their S3 names (Content-Type, ETag,
+  Content-Encoding, ``x-amz-meta-*``, ...), with the ``response-*`` overrides
+  of *this* request applied; the Caddyfile copies them onto the response;
 - the conditional request headers (If-Match, If-None-Match, If-Modified-Since,
   If-Unmodified-Since, If-Range) are evaluated here against S3's validators,
   RFC 9110 section 13.2.2 order; a 304 or 412 is answered by us, and Caddy
-  strips those headers before file_server sees them (``copy_headers``), so its
-  own ETag can never contradict S3's.
+  strips those headers before file_server sees them, so its own ETag can never
+  contradict S3's.
+
+What is stored is the object's own: a header that a ``response-*`` parameter
+of the filling URL overrode is S3's answer to that URL, not the object's, so
+it is left out (``object_headers``) until a response to a URL that does not
+override it tells it (``record``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import parse_qsl
@@ -40,7 +48,12 @@ CANONICAL = {
     "cache-control": "Cache-Control", "content-disposition": "Content-Disposition",
     "content-encoding": "Content-Encoding", "etag": "ETag",
 }
-PREFIX = "X-S3cache-"
+# The object's own headers a hit answers with besides these: x-amz-meta-* and
+# these x-amz-* (S3 sends them on a GET of the object whatever the URL).
+OBJECT_AMZ = ("x-amz-version-id", "x-amz-server-side-encryption", "x-amz-storage-class")
+# The request header Range as the check allows it (If-Range judged here); Caddy
+# puts it back on the request, never on the response.
+RANGE = "X-S3cache-Range"
 
 
 @dataclass
@@ -57,14 +70,70 @@ def load_meta(layout: Layout, ref: ObjectRef) -> dict:
         return {}
 
 
+def overridden(raw_query: str) -> set[str]:
+    """The (lower-case) headers a response-* parameter of this query replaces in S3's answer.
+
+    Parameter names are compared case-insensitively: leaving out a header S3
+    might not have overridden costs fidelity, storing one it did costs safety.
+    """
+    names = {name.lower() for name, _ in parse_qsl(raw_query, keep_blank_values=True)}
+    return {header for header, param in OVERRIDABLE.items() if param in names}
+
+
+def object_headers(response_headers: Mapping[str, str], raw_query: str) -> dict[str, str]:
+    """S3's answer to a URL with this query, less what its response-* parameters overrode (lower-case names)."""
+    replaced = overridden(raw_query)
+    return {k.lower(): v for k, v in response_headers.items() if k.lower() not in replaced}
+
+
+def _own(name: str) -> bool:
+    return name in CANONICAL or name in OBJECT_AMZ or name.startswith("x-amz-meta-")
+
+
 def s3_headers(stored: Mapping[str, str], raw_query: str) -> dict[str, str]:
     """The headers S3 answers a GET of this URL with (those we keep), lower-case names."""
-    out = {k: v for k, v in stored.items() if k in CANONICAL}
+    out = {k: v for k, v in stored.items() if _own(k)}
     params = dict(parse_qsl(raw_query, keep_blank_values=True))
     for header, param in OVERRIDABLE.items():
         if param in params:
             out[header] = params[param]
     return out
+
+
+def s3_name(name: str) -> str:
+    """A stored (lower-case) header name as S3 spells it on the wire."""
+    return CANONICAL.get(name, name)
+
+
+def record(layout: Layout, ref: ObjectRef, response_headers: Mapping[str, str], raw_query: str) -> None:
+    """Add to the stored headers what S3 just told about the object (a 304, or a 200 of the same ETag).
+
+    Only headers this URL did not override, and only when the response names
+    the stored ETag: then it is the same object.  Best effort.
+    """
+    path = layout.meta_path(ref)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return
+    stored = meta.get("headers", {})
+    told = {k: v for k, v in object_headers(response_headers, raw_query).items() if _own(k) and k != "etag"}
+    etag = {k.lower(): v for k, v in response_headers.items()}.get("etag")
+    if not etag or etag != stored.get("etag") or all(stored.get(k) == v for k, v in told.items()):
+        return
+    meta["headers"] = {**stored, **told}
+    # Beside the fill's own metadata temp file (which a fill may be writing), swept like it after a crash.
+    tmp = str(layout.meta_temp_path(ref)).removesuffix(".meta.part") + f"-{os.getpid()}-{threading.get_ident()}.meta.part"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, ensure_ascii=False)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _etags(value: str) -> list[str]:
@@ -102,10 +171,10 @@ def answer(method: str, request_headers: Mapping[str, str], stored: Mapping[str,
     elif (ims := parse_http_date(get("If-Modified-Since"))) is not None and last_modified <= ims:
         return HitAnswer(304, {**_validators(etag, last_modified), **_cache_headers(headers)})
 
-    out = {PREFIX + CANONICAL[k]: v for k, v in headers.items()}
+    out = {s3_name(k): v for k, v in headers.items()}
     rng = get("Range")
     if rng and method == "GET" and _if_range_holds(get("If-Range"), etag, last_modified):
-        out["Range"] = rng  # Caddy keeps only the request headers we hand back
+        out[RANGE] = rng  # Caddy keeps only the request headers we hand back
     return HitAnswer(204, out)
 
 
