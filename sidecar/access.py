@@ -184,7 +184,7 @@ def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout
 
 
 def remove_cached(layout: Layout, ref: ObjectRef) -> None:
-    for path in (layout.object_path(ref), layout.meta_path(ref)):
+    for path in (layout.object_path(ref), layout.meta_path(ref), layout.mark_path(ref)):
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -410,8 +410,34 @@ class Filler:
             # falls back to If-Modified-Since and sees a change, never an
             # old body under the new ETag.
             _unlink_quietly(str(self.layout.meta_path(ref)))
+        # A mark goes in before the object, so that no open-mode hit serves it without its headers.
+        marked = hit_headers.needs_headers(ref.key, headers)
+        if marked:
+            self._set_mark(ref, True)
         _rename_into(tmp, final)
+        if not marked:
+            self._set_mark(ref, False)
         self._write_meta(ref, headers, os.fstat(fd).st_size)
+
+    def _set_mark(self, ref: ObjectRef, present: bool) -> None:
+        """Create or remove the mark that sends open-mode hits through the sidecar for their headers."""
+        path = str(self.layout.mark_path(ref))
+        if not present:
+            try:
+                _unlink_quietly(path)
+            except OSError as exc:  # a stale directory of orphaned marks: open mode asks the sidecar, no harm
+                log.warning("could not remove the header mark of %s: %s", ref.name, exc)
+            return
+        for _ in range(5):  # the evictor may prune an empty parent between makedirs and open
+            _makedirs(os.path.dirname(path))
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                return
+            except FileNotFoundError:
+                continue
+            except (IsADirectoryError, NotADirectoryError):
+                raise FillFailed("conflict", "the key clashes with another cached key") from None
+        raise FillFailed("conflict", "parent directory kept disappearing")
 
     def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> None:
         """Best effort: an object without metadata is still served and revalidated (by mtime)."""

@@ -100,6 +100,34 @@ def s3_headers(stored: Mapping[str, str], raw_query: str) -> dict[str, str]:
     return out
 
 
+# The Content-Type Caddy's file_server sends for these extensions (Go's built-in table; the usual
+# mime.types files agree).  Only these count as "Caddy sends it itself": elsewhere the guess
+# depends on the machine's mime.types, or there is none (no extension: no Content-Type at all).
+CADDY_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".avif": "image/avif", ".svg": "image/svg+xml", ".pdf": "application/pdf",
+    ".wasm": "application/wasm", ".json": "application/json",
+}
+# Headers file_server never sends: an object with any of them needs the sidecar on open-mode hits.
+BEYOND_CADDY = ("content-encoding", "content-disposition", "content-language", "cache-control", "expires")
+
+
+def needs_headers(key: str, stored: Mapping[str, str]) -> bool:
+    """Whether file_server alone would get this object's headers wrong (beyond its own ETag).
+
+    ``stored``: the object's own headers, lower-case.  x-amz-version-id,
+    x-amz-server-side-encryption and x-amz-storage-class alone do not count
+    (open mode gives them up on otherwise plain objects).
+    """
+    if any(k in BEYOND_CADDY or k.startswith("x-amz-meta-") for k in stored):
+        return True
+    content_type = stored.get("content-type")
+    if content_type is None:
+        return False  # unknown: the sidecar could not say more than file_server
+    ext = os.path.splitext(key.rpartition("/")[2])[1].lower()
+    return CADDY_TYPES.get(ext) != content_type
+
+
 def s3_name(name: str) -> str:
     """A stored (lower-case) header name as S3 spells it on the wire."""
     return CANONICAL.get(name, name)
