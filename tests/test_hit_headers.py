@@ -189,3 +189,29 @@ def _property_stack(make_stack):
         _stacks.clear()
         stack = _stacks[id(make_stack)] = make_stack(S3CACHE_ACCESS="verify", S3CACHE_SIGNING_KEYS=KEYS)
     return stack
+
+
+@pytest.mark.parametrize("addressing", ["virtual", "single-bucket"])
+def test_open_mode_finds_the_mark_of_a_virtual_hosted_object(origin, make_stack, vhost_upstream, addressing):
+    from tests.test_addressing import BUCKET as VBUCKET, DOMAIN, send, vhost_url
+    env = {"S3CACHE_DOMAIN": DOMAIN} if addressing == "virtual" else {"S3CACHE_BUCKET": VBUCKET}
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_UPSTREAM=vhost_upstream, HTTP_PROXY=origin.url, NO_PROXY="",
+                       **env)
+    key = f"marked/{addressing}/archive"
+    origin.s3().put_object(Bucket=VBUCKET, Key=key, Body=gzip.compress(b"tar bytes"), ContentEncoding="gzip",
+                           ContentType="application/x-tar", Metadata={"owner": "alice"})
+    url = vhost_url(vhost_upstream, key, "v4")
+    host = f"{VBUCKET}.{DOMAIN}" if addressing == "virtual" else None
+    assert send(url, via=stack.url, host=host).status_code == 307
+    stack.wait_cached(VBUCKET, key)
+    hit = send(url, via=stack.url, host=host)
+    assert (hit.headers["X-Cache"], hit.content) == ("HIT", b"tar bytes")
+    assert (hit.headers.get("Content-Encoding"), hit.headers.get("Content-Type"), hit.headers.get("x-amz-meta-owner")) \
+        == ("gzip", "application/x-tar", "alice")
+
+
+@pytest.fixture
+def vhost_upstream(origin):
+    from tests.test_addressing import BUCKET as VBUCKET
+    origin.ensure_bucket(VBUCKET)
+    return origin.url.replace("127.0.0.1", "localhost")
