@@ -23,9 +23,9 @@ override it tells it (``record``).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import parse_qsl
@@ -137,31 +137,72 @@ def record(layout: Layout, ref: ObjectRef, response_headers: Mapping[str, str], 
     """Add to the stored headers what S3 just told about the object (a 304, or a 200 of the same ETag).
 
     Only headers this URL did not override, and only when the response names
-    the stored ETag: then it is the same object.  Best effort.
+    the stored ETag: then it is the same object.  Under the object's fill lock,
+    so a refresh cannot be overwritten with the old object's headers.  Best effort.
     """
-    path = layout.meta_path(ref)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError):
-        return
-    stored = meta.get("headers", {})
     told = {k: v for k, v in object_headers(response_headers, raw_query).items() if _own(k) and k != "etag"}
     etag = {k.lower(): v for k, v in response_headers.items()}.get("etag")
-    if not etag or etag != stored.get("etag") or all(stored.get(k) == v for k, v in told.items()):
-        return
-    meta["headers"] = {**stored, **told}
-    # Beside the fill's own metadata temp file (which a fill may be writing), swept like it after a crash.
-    tmp = str(layout.meta_temp_path(ref)).removesuffix(".meta.part") + f"-{os.getpid()}-{threading.get_ident()}.meta.part"
+
+    def news(meta: dict | None) -> dict | None:
+        stored = (meta or {}).get("headers", {})
+        if not etag or etag != stored.get("etag") or all(stored.get(k) == v for k, v in told.items()):
+            return None
+        return {**stored, **told}
+
+    path = layout.meta_path(ref)
+    if news(_read_json(path)) is None:
+        return  # the usual case, on every revalidated hit: nothing new, no lock taken
+    lock = _take_fill_lock(str(layout.temp_path(ref)))
+    if lock is None:
+        return  # a fill of this object is running: what it writes is newer than what we know
+    tmp = str(layout.meta_temp_path(ref))  # the fill lock's holder owns it
     try:
+        meta = _read_json(path)  # again, under the lock
+        headers = news(meta)
+        if meta is None or headers is None:
+            return
+        meta["headers"] = headers
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, ensure_ascii=False)
         os.rename(tmp, path)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
+    finally:
+        _unlink_quietly(str(layout.temp_path(ref)))  # ours while we hold the lock, as in a fill
+        os.close(lock)
+
+
+def _read_json(path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _take_fill_lock(path: str) -> int | None:
+    """The fill lock of sidecar/fill.py (flock on the temp file), if free and still that file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.stat(path)
+        if (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev):
+            return fd
+    except OSError:  # BlockingIOError: a fill holds it; FileNotFoundError: swept meanwhile
+        pass
+    os.close(fd)
+    return None
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _etags(value: str) -> list[str]:

@@ -111,3 +111,15 @@ def test_marks_go_with_their_objects_and_orphans_after_the_grace_period(tmp_path
     assert not layout.object_path(ref).exists() and not mark.exists()
     assert not orphan.exists() and not (layout.marks_dir / "bkt" / "gone").exists()
     assert young.exists()
+
+
+def test_nothing_is_recorded_while_a_fill_of_the_object_runs(tmp_path):
+    import fcntl
+    stored = {"etag": OWN["etag"]}
+    layout, ref = _layout_with_meta(tmp_path, stored)
+    with open(layout.temp_path(ref), "w") as part:
+        fcntl.flock(part, fcntl.LOCK_EX)  # a fill (refresh) holds the object
+        hit_headers.record(layout, ref, {"ETag": OWN["etag"], "Content-Type": "image/png"}, "")
+        assert hit_headers.load_meta(layout, ref) == stored
+    hit_headers.record(layout, ref, {"ETag": OWN["etag"], "Content-Type": "image/png"}, "")
+    assert hit_headers.load_meta(layout, ref) == {**stored, "content-type": "image/png"}
