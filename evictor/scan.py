@@ -97,7 +97,7 @@ def scan(layout: Layout, *, now: float, grace: float,
     """
     obj_root = os.fsencode(layout.objects_dir)
     meta_root = os.fsencode(layout.meta_dir)
-    marks_root = os.fsencode(layout.marks_dir)
+    side_roots = (meta_root, *(os.fsencode(d) for d in layout.mark_dirs.values()))
     table = FileTable()
     result = ScanResult(table)
     overrides = atime_overrides or None
@@ -149,7 +149,7 @@ def scan(layout: Layout, *, now: float, grace: float,
 
         # Metadata and marks (sparse: most directories have none) with no object beside them.
         side_listings = []
-        for side_root in (meta_root, marks_root):
+        for side_root in side_roots:
             side_dir = side_root + rel
             side_entries = _list(side_dir, result)
             side_listings.append((side_dir, side_entries))

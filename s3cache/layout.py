@@ -6,8 +6,10 @@ module hands it, the sidecar's fills, the evictor) goes through here.
     S3CACHE_DIR/
       objects/<bucket>/<key>   complete objects only; the tree Caddy serves
       meta/<bucket>/<key>      JSON metadata (ETag, Content-Type, ...), never served
-      marks/<bucket>/<key>     empty: the object has S3 headers Caddy's file_server cannot send
-                               itself (see sidecar/hit_headers.py); open-mode hits of it ask the sidecar
+      marks/headers/<bucket>/<key>  empty: the object has S3 headers Caddy's file_server cannot
+                               send itself (sidecar/hit_headers.py); open-mode hits of it ask the sidecar
+      marks/octet/<bucket>/<key>    empty: its Content-Type is S3's default binary/octet-stream and
+                               nothing else needs the sidecar; Caddy sets that type itself
       tmp/<sha256>.part        a fill in progress; its flock *is* the fill lock
       run/parts.json           the supervisor's parts (front-parts.json for a front tier)
       run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
@@ -41,6 +43,7 @@ MAX_KEY_BYTES = 1024
 OBJECTS = "objects"
 META = "meta"
 MARKS = "marks"
+MARK_KINDS = ("headers", "octet")
 TMP = "tmp"
 RUN = "run"
 LOGS = "logs"
@@ -107,6 +110,7 @@ class Layout:
         self.objects_dir = self.root / OBJECTS
         self.meta_dir = self.root / META
         self.marks_dir = self.root / MARKS
+        self.mark_dirs = {kind: self.marks_dir / kind for kind in MARK_KINDS}
         self.tmp_dir = self.root / TMP
         self.run_dir = self.root / RUN
         self.logs_dir = self.root / LOGS
@@ -118,7 +122,8 @@ class Layout:
         self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"
 
     def ensure(self) -> None:
-        for d in (self.objects_dir, self.meta_dir, self.marks_dir, self.tmp_dir, self.run_dir, self.logs_dir):
+        for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.tmp_dir, self.run_dir,
+                  self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     # -- object -> paths ------------------------------------------------------
@@ -136,9 +141,9 @@ class Layout:
     def meta_path(self, ref: ObjectRef) -> Path:
         return self._inside(self.meta_dir, self.relative_path(ref))
 
-    def mark_path(self, ref: ObjectRef) -> Path:
-        """Present while the object's S3 headers are more than file_server sends (Caddy tests it)."""
-        return self._inside(self.marks_dir, self.relative_path(ref))
+    def mark_path(self, ref: ObjectRef, kind: str = "headers") -> Path:
+        """Present while file_server alone would answer the object's hits wrongly (Caddy tests it)."""
+        return self._inside(self.mark_dirs[kind], self.relative_path(ref))
 
     def temp_path(self, ref: ObjectRef) -> Path:
         """Where a fill of ``ref`` streams to; flock on it means a fill is running."""
@@ -156,14 +161,14 @@ class Layout:
         rel = os.path.relpath(object_file, self.objects_dir)
         return self.meta_dir / rel
 
-    def mark_path_for_object_file(self, object_file: os.PathLike | str) -> Path:
+    def mark_paths_for_object_file(self, object_file: os.PathLike | str) -> list[Path]:
         rel = os.path.relpath(object_file, self.objects_dir)
-        return self.marks_dir / rel
+        return [d / rel for d in self.mark_dirs.values()]
 
     def object_path_for_meta_file(self, meta_file: os.PathLike | str) -> Path:
         """The object of a metadata file, or of a mark."""
-        root = self.marks_dir if os.path.commonpath([self.marks_dir, meta_file]) == str(self.marks_dir) \
-            else self.meta_dir
+        root = next((d for d in self.mark_dirs.values() if os.path.commonpath([d, meta_file]) == str(d)),
+                    self.meta_dir)
         rel = os.path.relpath(meta_file, root)
         return self.objects_dir / rel
 

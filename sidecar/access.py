@@ -28,7 +28,7 @@ from flask import Response
 
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
-from s3cache.layout import Layout, ObjectRef, Uncacheable
+from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from sidecar import freshness, hit_headers
 from sidecar.fill import Filler
@@ -184,7 +184,7 @@ def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout
 
 
 def remove_cached(layout: Layout, ref: ObjectRef) -> None:
-    for path in (layout.object_path(ref), layout.meta_path(ref), layout.mark_path(ref)):
+    for path in (layout.object_path(ref), layout.meta_path(ref), *(layout.mark_path(ref, k) for k in MARK_KINDS)):
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -36,7 +36,7 @@ import requests
 import urllib3
 
 from s3cache.httpdate import parse_http_date
-from s3cache.layout import Layout, ObjectRef
+from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from sidecar import hit_headers
 
 log = logging.getLogger("sidecar.fill")
@@ -410,24 +410,26 @@ class Filler:
             # falls back to If-Modified-Since and sees a change, never an
             # old body under the new ETag.
             _unlink_quietly(str(self.layout.meta_path(ref)))
-        # A mark goes in before the object, so that no open-mode hit serves it without its headers.
-        marked = hit_headers.needs_headers(ref.key, headers)
-        if marked:
-            self._set_mark(ref, True)
+        # The object's mark goes in before the object, so that no open-mode hit serves it without its
+        # headers; marks of another kind (a replaced object's) go after.
+        kind = hit_headers.mark_kind(ref.key, headers)
+        if kind is not None:
+            self._mark(ref, kind)
         _rename_into(tmp, final)
-        if not marked:
-            self._set_mark(ref, False)
+        for other in MARK_KINDS:
+            if other != kind:
+                self._unmark(ref, other)
         self._write_meta(ref, headers, os.fstat(fd).st_size)
 
-    def _set_mark(self, ref: ObjectRef, present: bool) -> None:
-        """Create or remove the mark that sends open-mode hits through the sidecar for their headers."""
-        path = str(self.layout.mark_path(ref))
-        if not present:
-            try:
-                _unlink_quietly(path)
-            except OSError as exc:  # a stale directory of orphaned marks: open mode asks the sidecar, no harm
-                log.warning("could not remove the header mark of %s: %s", ref.name, exc)
-            return
+    def _unmark(self, ref: ObjectRef, kind: str) -> None:
+        try:
+            _unlink_quietly(str(self.layout.mark_path(ref, kind)))
+        except OSError as exc:  # a stale directory of orphaned marks: swept by the evictor
+            log.warning("could not remove the %s mark of %s: %s", kind, ref.name, exc)
+
+    def _mark(self, ref: ObjectRef, kind: str) -> None:
+        """Create the mark that tells Caddy's open-mode hits what file_server alone gets wrong."""
+        path = str(self.layout.mark_path(ref, kind))
         for _ in range(5):  # the evictor may prune an empty parent between makedirs and open
             _makedirs(os.path.dirname(path))
             try:

@@ -3,7 +3,7 @@
 Caddy's file_server knows only its own ETag (mtime+size) and guesses
 Content-Type from the extension.  Whenever a hit passes the sidecar (the
 ``verify`` and ``revalidate`` modes, and ``open`` for objects whose headers
-file_server cannot reproduce, see ``needs_headers``), it returns what S3
+file_server cannot reproduce, see ``mark_kind``), it returns what S3
 would have sent:
 
 - the object's own headers under their S3 names (Content-Type, ETag,
@@ -112,20 +112,28 @@ CADDY_TYPES = {
 BEYOND_CADDY = ("content-encoding", "content-disposition", "content-language", "cache-control", "expires")
 
 
-def needs_headers(key: str, stored: Mapping[str, str]) -> bool:
-    """Whether file_server alone would get this object's headers wrong (beyond its own ETag).
+# S3's default type, which Caddy sets itself for objects marked "octet".
+OCTET_STREAM = "binary/octet-stream"
 
-    ``stored``: the object's own headers, lower-case.  x-amz-version-id,
-    x-amz-server-side-encryption and x-amz-storage-class alone do not count
-    (open mode gives them up on otherwise plain objects).
+
+def mark_kind(key: str, stored: Mapping[str, str]) -> str | None:
+    """What open-mode hits of this object need beyond file_server (a ``Layout.mark_path`` kind), or None.
+
+    "headers": the sidecar's answer (S3's headers); "octet": only S3's default
+    Content-Type, which Caddy sets itself.  ``stored``: the object's own
+    headers, lower-case.  x-amz-version-id, x-amz-server-side-encryption and
+    x-amz-storage-class alone do not count (open mode gives them up on
+    otherwise plain objects), nor does S3's ETag.
     """
     if any(k in BEYOND_CADDY or k.startswith("x-amz-meta-") for k in stored):
-        return True
+        return "headers"
     content_type = stored.get("content-type")
     if content_type is None:
-        return False  # unknown: the sidecar could not say more than file_server
+        return None  # unknown: the sidecar could not say more than file_server
     ext = os.path.splitext(key.rpartition("/")[2])[1].lower()
-    return CADDY_TYPES.get(ext) != content_type
+    if CADDY_TYPES.get(ext) == content_type:
+        return None
+    return "octet" if content_type == OCTET_STREAM else "headers"
 
 
 def s3_name(name: str) -> str:

@@ -120,17 +120,19 @@ def test_hits_carry_the_objects_own_headers_in_every_mode(origin, make_stack, mo
     assert _get(stack.proxied(url), **{"If-None-Match": s3.headers["ETag"]}).status_code == 304
 
 
-def test_open_mode_plain_objects_stay_on_caddy_alone(origin, make_stack):
+@pytest.mark.parametrize("key, extras", [("own/open/plain.png", {"ContentType": "image/png"}),
+                                         ("own/open/default-type", {})])  # S3's binary/octet-stream
+def test_open_mode_plain_objects_stay_on_caddy_alone(origin, make_stack, key, extras):
     stack = make_stack(S3CACHE_ACCESS="open")
-    key = "own/open/plain.png"
-    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"\x89PNG" + bytes(100), ContentType="image/png")
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"\x89PNG" + bytes(100), **extras)
     url = origin.presign(BUCKET, key)
     _fill(stack, url, key)
+    s3 = _get(url)
     hit = _get(stack.proxied(url))
-    assert (hit.headers["X-Cache"], hit.headers["Content-Type"]) == ("HIT", "image/png")
-    assert not stack.layout.mark_path(ObjectRef(BUCKET, key)).exists()
-    # Caddy alone answered: its own ETag (mtime-size, not S3's MD5), and the sidecar saw no check.
-    assert hit.headers["ETag"] != _get(url).headers["ETag"]
+    assert (hit.headers["X-Cache"], hit.headers["Content-Type"]) == ("HIT", s3.headers["Content-Type"])
+    assert not stack.layout.mark_path(ObjectRef(BUCKET, key), "headers").exists()
+    # Caddy alone answered: its own ETag (mtime-size), not S3's MD5, which only the sidecar knows.
+    assert hit.headers["ETag"] != s3.headers["ETag"]
 
 
 def test_marks_go_with_their_objects(origin, make_stack):

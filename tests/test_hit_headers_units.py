@@ -80,26 +80,31 @@ def test_a_response_for_another_etag_tells_nothing(tmp_path):
     assert hit_headers.load_meta(layout, ref) == stored
 
 
-def test_only_objects_whose_headers_file_server_cannot_send_need_the_sidecar():
+def test_only_objects_whose_headers_file_server_cannot_send_are_marked():
     plain = {"content-type": "image/png", "etag": '"x"', "last-modified": "y", "x-amz-server-side-encryption": "AES256"}
-    assert not hit_headers.needs_headers("a/photo.PNG", plain)
-    assert not hit_headers.needs_headers("a/no-metadata", {})
-    assert hit_headers.needs_headers("a/photo", plain)  # no extension: Caddy sends no Content-Type at all
-    assert hit_headers.needs_headers("a/photo.jpg", plain)  # Caddy would say image/jpeg
-    assert hit_headers.needs_headers("page.html", {"content-type": "text/html"})  # Caddy adds a charset
+    kind = hit_headers.mark_kind
+    assert kind("a/photo.PNG", plain) is None
+    assert kind("a/no-metadata", {}) is None
+    assert kind("a/photo", plain) == "headers"  # no extension: Caddy sends no Content-Type at all
+    assert kind("a/photo.jpg", plain) == "headers"  # Caddy would say image/jpeg
+    assert kind("page.html", {"content-type": "text/html"}) == "headers"  # Caddy adds a charset
+    assert kind("page.html", {"content-type": "binary/octet-stream"}) == "octet"  # S3 makes it a download
+    assert kind("data/blob", {"content-type": "binary/octet-stream"}) == "octet"
     for extra in ("content-encoding", "content-disposition", "content-language", "cache-control", "expires",
                   "x-amz-meta-anything"):
-        assert hit_headers.needs_headers("a/photo.png", {**plain, extra: "v"}), extra
+        assert kind("a/photo.png", {**plain, extra: "v"}) == "headers", extra
+        assert kind("a/blob", {"content-type": "binary/octet-stream", extra: "v"}) == "headers", extra
 
 
 def test_marks_go_with_their_objects_and_orphans_after_the_grace_period(tmp_path):
     layout, ref = _layout_with_meta(tmp_path, {})
     now = time.time()
-    mark = layout.mark_path(ref)
-    mark.parent.mkdir(parents=True, exist_ok=True)
-    mark.touch()
-    orphan = layout.marks_dir / "bkt" / "gone" / "long-ago"
-    young = layout.marks_dir / "bkt" / "fill-about-to-rename"
+    marks = [layout.mark_path(ref, kind) for kind in ("headers", "octet")]
+    for mark in marks:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+    orphan = layout.mark_dirs["octet"] / "bkt" / "gone" / "long-ago"
+    young = layout.mark_dirs["headers"] / "bkt" / "fill-about-to-rename"
     for path, age in ((orphan, 3600), (young, 5)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -108,8 +113,8 @@ def test_marks_go_with_their_objects_and_orphans_after_the_grace_period(tmp_path
                               "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "80"})
     summary = run_pass(config, usage=lambda: FsUsage(used=0, avail=10**15))
     assert summary.evicted_files == 1
-    assert not layout.object_path(ref).exists() and not mark.exists()
-    assert not orphan.exists() and not (layout.marks_dir / "bkt" / "gone").exists()
+    assert not layout.object_path(ref).exists() and not any(mark.exists() for mark in marks)
+    assert not orphan.exists() and not (layout.mark_dirs["octet"] / "bkt" / "gone").exists()
     assert young.exists()
 
 
