@@ -56,11 +56,15 @@ class HitRequest:
         return self.raw_uri.partition("?")[2]
 
 
-def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None) -> Response:
+def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None,
+          overrides: bool = True) -> Response:
     """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves.
 
     ``told``: S3's answer to this very URL about the same object (a revalidation),
-    which may tell headers the fill could not store.
+    which may tell headers the fill could not store.  ``overrides``: apply the
+    URL's response-* parameters; only for a URL S3 or the signature check has
+    accepted with them (S3 refuses them on unsigned requests: from anyone else
+    they would be a reflected Content-Type / Content-Disposition).
     """
     try:
         mtime = hit_headers.object_mtime(layout, ref)
@@ -69,7 +73,7 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
     if told is not None:
         hit_headers.record(layout, ref, told, hit.raw_query)
     result = hit_headers.answer(hit.method, hit.headers, hit_headers.load_meta(layout, ref),
-                                hit.raw_query, mtime)
+                                hit.raw_query if overrides else "", mtime)
     resp = Response(status=result.status)
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
     del resp.headers["Content-Type"]
@@ -108,7 +112,8 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     # verify (signature good) or open: S3 is asked only once the entry is older than S3CACHE_TTL.
     if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
         return revalidate(hit, ref, url, config, layout, filler, session)
-    return allow(hit, ref, layout)
+    # open: nobody checked the URL, so its response-* parameters are not applied.
+    return allow(hit, ref, layout, overrides=config.access != "open")
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
@@ -175,7 +180,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
 def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str) -> Response:
     if config.revalidate_on_error == "open":
         log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
-        return allow(hit, ref, layout)
+        return allow(hit, ref, layout, overrides=False)  # the URL is unconfirmed: no response-* from it
     log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
     resp = error_response(503, "ServiceUnavailable", "Could not confirm access with S3; please retry.")
     resp.headers["X-Cache"] = "ERROR"

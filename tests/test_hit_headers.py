@@ -217,3 +217,19 @@ def vhost_upstream(origin):
     from tests.test_addressing import BUCKET as VBUCKET
     origin.ensure_bucket(VBUCKET)
     return origin.url.replace("127.0.0.1", "localhost")
+
+
+def test_open_mode_never_reflects_overrides_nobody_checked(origin, make_stack):
+    """S3 refuses response-* on unsigned requests; open mode checks no signature, so it applies none."""
+    stack = make_stack(S3CACHE_ACCESS="open")
+    key = "own/open/reflected"
+    _put(origin, key)
+    url = origin.presign(BUCKET, key)
+    _fill(stack, url, key)
+    s3 = _get(url)
+    path = stack.url + "/" + BUCKET + "/" + key
+    for query in ("response-content-type=text%2Fhtml", "X-Amz-Signature=forged&response-content-type=text%2Fhtml",
+                  "response-content-disposition=attachment%3B%20filename%3D%22invoice.exe%22"):
+        hit = _get(f"{path}?{query}")
+        assert hit.headers["X-Cache"] == "HIT"
+        assert _headers(hit) == _headers(s3), query
