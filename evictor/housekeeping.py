@@ -7,9 +7,10 @@
   own inode re-check after locking sends it round again.
 - ``tmp/<sha>.meta.part``: a fill's metadata before its rename.  It carries no
   lock of its own; the fill holds the lock of ``<sha>.part`` while writing it.
-- ``meta/...`` files with no object beside them (found by the scan): the fill
-  writes metadata *before* renaming the object in, so only old ones are
-  orphans, and the object is looked for once more right before the unlink.
+- ``meta/...`` files and ``marks/...`` with no object beside them (found by
+  the scan): a fill writes a mark *before* renaming the object in, so only old
+  ones are orphans, and the object is looked for once more right before the
+  unlink.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 - An object is removed with a plain ``unlink``: a response being served from
   it keeps its open file and finishes; the next request is a miss.
-- The object goes first, its metadata second: a crash in between leaves an
-  orphaned metadata file (swept later), never a served object without a
-  decision about it.
+- The object goes first, its metadata and mark second: a crash in between
+  leaves an orphaned metadata file or mark (swept later), never a served
+  object without a decision about it.
 - Directories are only ever removed with ``os.rmdir``, which fails on anything
   not empty, and never a bucket's top directory (fills would recreate it over
   and over).  A fill that loses the race with an ``rmdir`` gets ENOENT from
@@ -37,15 +37,21 @@ def meta_for_object(layout: Layout, object_path: bytes) -> bytes:
     return os.fsencode(layout.meta_path_for_object_file(os.fsdecode(object_path)))
 
 
+def marks_for_object(layout: Layout, object_path: bytes) -> list[bytes]:
+    return [os.fsencode(p) for p in layout.mark_paths_for_object_file(os.fsdecode(object_path))]
+
+
 def object_for_meta(layout: Layout, meta_path: bytes) -> bytes:
     return os.fsencode(layout.object_path_for_meta_file(os.fsdecode(meta_path)))
 
 
-def remove_object(object_path: bytes, meta_path: bytes, errors: Errors) -> bool:
-    """Unlink an object file and then its metadata; True if the object was ours to remove."""
+def remove_object(object_path: bytes, meta_path: bytes, errors: Errors, mark_paths: Iterable[bytes] = ()) -> bool:
+    """Unlink an object file and then its metadata and marks; True if the object was ours to remove."""
     if not unlink(object_path, errors):
         return False
     unlink(meta_path, errors)
+    for mark in mark_paths:
+        unlink(mark, errors)
     return True
 
 
@@ -54,7 +60,8 @@ def prune_dirs(layout: Layout, dirs: Iterable[bytes]) -> int:
 
     Returns how many were removed.  Deepest first, so chains empty out in one call.
     """
-    roots = (os.fsencode(layout.objects_dir), os.fsencode(layout.meta_dir))
+    roots = (os.fsencode(layout.objects_dir), os.fsencode(layout.meta_dir),
+             *(os.fsencode(d) for d in layout.mark_dirs.values()))
     removed = 0
     for d in sorted(set(dirs), key=len, reverse=True):
         root = next((r for r in roots if d.startswith(r + b"/")), None)

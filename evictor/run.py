@@ -17,7 +17,7 @@ from evictor import accesslog
 from evictor.housekeeping import GRACE_SECONDS, OnRemove, remove_orphan_metas, sweep_temp
 from evictor.policy import bytes_to_free, lru_order
 from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent
-from evictor.remove import meta_for_object, prune_dirs, remove_object
+from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove_object
 from evictor.report import Errors, PassSummary, write_pass
 from evictor.scan import PassAborted, scan
 from s3cache.config import Config
@@ -95,14 +95,14 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                 if should_stop is not None and n % 1000 == 999 and should_stop():
                     raise PassAborted()
                 path = table.path(i)
-                meta = meta_for_object(layout, path)
-                if dry_run or remove_object(path, meta, errors):
+                meta, marks = meta_for_object(layout, path), marks_for_object(layout, path)
+                if dry_run or remove_object(path, meta, errors, marks):
                     if on_remove is not None:
                         on_remove("object", path, table.size[i])
                     summary.evicted_files += 1
                     freed_size += table.size[i]
                     freed_alloc += table.alloc[i]
-                    emptied.update((os.path.dirname(path), os.path.dirname(meta)))
+                    emptied.update((os.path.dirname(path), os.path.dirname(meta), *map(os.path.dirname, marks)))
         summary.evicted_bytes = freed_size
         if need is not None:
             summary.target_reached = need.met_by(freed_size, freed_alloc)

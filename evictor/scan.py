@@ -1,7 +1,7 @@
 """The walk of the cache: every object file's recency and size, kept compactly, plus what housekeeping needs.
 
 Owns the one walk each pass makes over ``objects/`` and, directory by directory
-beside it, ``meta/``.  Walking the two trees in step lets us find orphaned
+beside it, ``meta/`` and ``marks/``.  Walking the two trees in step lets us find orphaned
 metadata by comparing directory listings, without one extra ``stat`` per
 object.
 
@@ -58,7 +58,7 @@ class ScanResult:
     files: int = 0
     bytes: int = 0
     alloc_bytes: int = 0
-    # meta files with no object beside them, already older than the grace period
+    # meta files and marks with no object beside them, already older than the grace period
     orphan_metas: list[bytes] = field(default_factory=list)
     # directories below a bucket that were empty and old: leftovers to prune
     empty_dirs: list[bytes] = field(default_factory=list)
@@ -90,13 +90,14 @@ def _age(path: bytes, now: float) -> float | None:
 def scan(layout: Layout, *, now: float, grace: float,
          atime_overrides: dict[bytes, int] | None = None,
          should_stop: Callable[[], bool] | None = None) -> ScanResult:
-    """Walk ``objects/`` and ``meta/`` together.
+    """Walk ``objects/``, ``meta/`` and ``marks/`` together.
 
     ``atime_overrides`` (object path -> ns) lets a dry run see the access-log
     hits it did not write to disk.
     """
     obj_root = os.fsencode(layout.objects_dir)
     meta_root = os.fsencode(layout.meta_dir)
+    side_roots = (meta_root, *(os.fsencode(d) for d in layout.mark_dirs.values()))
     table = FileTable()
     result = ScanResult(table)
     overrides = atime_overrides or None
@@ -146,30 +147,34 @@ def scan(layout: Layout, *, now: float, grace: float,
             result.bytes += st.st_size
             result.alloc_bytes += st.st_blocks * 512
 
-        meta_dir = meta_root + rel
-        meta_entries = _list(meta_dir, result)
-        for entry in meta_entries or ():
-            name = entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.add(name)
+        # Metadata and marks (sparse: most directories have none) with no object beside them.
+        side_listings = []
+        for side_root in side_roots:
+            side_dir = side_root + rel
+            side_entries = _list(side_dir, result)
+            side_listings.append((side_dir, side_entries))
+            for entry in side_entries or ():
+                name = entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.add(name)
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                except OSError:
                     continue
-                if not entry.is_file(follow_symlinks=False):
+                if name in obj_files:
                     continue
-            except OSError:
-                continue
-            if name in obj_files:
-                continue
-            # No object beside it: either a fill between writing metadata and
-            # renaming the object (young), or an orphan (old).
-            age = _age(entry.path, now)
-            if age is not None and age >= grace:
-                result.orphan_metas.append(entry.path)
+                # No object beside it: either a fill between writing metadata (or
+                # its mark) and renaming the object (young), or an orphan (old).
+                age = _age(entry.path, now)
+                if age is not None and age >= grace:
+                    result.orphan_metas.append(entry.path)
 
         # Directories below a bucket that hold nothing: leftovers of evictions
         # or failed fills.  Only old ones, so a fill's fresh makedirs is left alone.
         if rel.count(b"/") >= 2:
-            for d, listing in ((obj_dir, entries), (meta_dir, meta_entries)):
+            for d, listing in ((obj_dir, entries), *side_listings):
                 if listing is not None and not listing:
                     age = _age(d, now)
                     if age is not None and age >= grace:

@@ -6,12 +6,16 @@ module hands it, the sidecar's fills, the evictor) goes through here.
     S3CACHE_DIR/
       objects/<bucket>/<key>   complete objects only; the tree Caddy serves
       meta/<bucket>/<key>      JSON metadata (ETag, Content-Type, ...), never served
+      marks/headers/<bucket>/<key>  empty: the object has S3 headers Caddy's file_server cannot
+                               send itself (sidecar/hit_headers.py); open-mode hits of it ask the sidecar
+      marks/octet/<bucket>/<key>    empty: its Content-Type is S3's default binary/octet-stream and
+                               nothing else needs the sidecar; Caddy sets that type itself
       tmp/<sha256>.part        a fill in progress; its flock *is* the fill lock
       run/parts.json           the supervisor's parts (front-parts.json for a front tier)
       run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
-``tmp`` and ``meta`` are siblings of ``objects`` on the same filesystem, so the
+``tmp``, ``meta`` and ``marks`` are siblings of ``objects`` on the same filesystem, so the
 final rename of a fill is atomic and nothing half-written is ever inside the
 served tree.  S3 keys may legitimately contain ``.tmp/`` or ``meta/``; since
 those names only exist *beside* the served root, no key can reach them.
@@ -38,6 +42,8 @@ MAX_KEY_BYTES = 1024
 
 OBJECTS = "objects"
 META = "meta"
+MARKS = "marks"
+MARK_KINDS = ("headers", "octet")
 TMP = "tmp"
 RUN = "run"
 LOGS = "logs"
@@ -103,6 +109,8 @@ class Layout:
         self.root = Path(os.path.abspath(root))
         self.objects_dir = self.root / OBJECTS
         self.meta_dir = self.root / META
+        self.marks_dir = self.root / MARKS
+        self.mark_dirs = {kind: self.marks_dir / kind for kind in MARK_KINDS}
         self.tmp_dir = self.root / TMP
         self.run_dir = self.root / RUN
         self.logs_dir = self.root / LOGS
@@ -114,7 +122,8 @@ class Layout:
         self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"
 
     def ensure(self) -> None:
-        for d in (self.objects_dir, self.meta_dir, self.tmp_dir, self.run_dir, self.logs_dir):
+        for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.tmp_dir, self.run_dir,
+                  self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     # -- object -> paths ------------------------------------------------------
@@ -132,6 +141,10 @@ class Layout:
     def meta_path(self, ref: ObjectRef) -> Path:
         return self._inside(self.meta_dir, self.relative_path(ref))
 
+    def mark_path(self, ref: ObjectRef, kind: str = "headers") -> Path:
+        """Present while file_server alone would answer the object's hits wrongly (Caddy tests it)."""
+        return self._inside(self.mark_dirs[kind], self.relative_path(ref))
+
     def temp_path(self, ref: ObjectRef) -> Path:
         """Where a fill of ``ref`` streams to; flock on it means a fill is running."""
         digest = hashlib.sha256(ref.name.encode("utf-8")).hexdigest()
@@ -148,8 +161,15 @@ class Layout:
         rel = os.path.relpath(object_file, self.objects_dir)
         return self.meta_dir / rel
 
+    def mark_paths_for_object_file(self, object_file: os.PathLike | str) -> list[Path]:
+        rel = os.path.relpath(object_file, self.objects_dir)
+        return [d / rel for d in self.mark_dirs.values()]
+
     def object_path_for_meta_file(self, meta_file: os.PathLike | str) -> Path:
-        rel = os.path.relpath(meta_file, self.meta_dir)
+        """The object of a metadata file, or of a mark."""
+        root = next((d for d in self.mark_dirs.values() if os.path.commonpath([d, meta_file]) == str(d)),
+                    self.meta_dir)
+        rel = os.path.relpath(meta_file, root)
         return self.objects_dir / rel
 
     def ref_for_object_file(self, object_file: os.PathLike | str) -> ObjectRef:

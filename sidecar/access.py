@@ -1,8 +1,10 @@
 """Access control on hits: may this request receive the cached bytes?
 
-Caddy asks ``/_s3cache/auth`` (``forward_auth``) before serving a cached file
-in the ``verify`` and ``revalidate`` modes; a 2xx answer lets Caddy serve the
-file, anything else is relayed to the client instead of the bytes.
+Caddy asks ``/_s3cache/auth`` before serving a cached file in the ``verify``
+and ``revalidate`` modes (and in ``open`` mode for objects whose S3 headers
+file_server cannot send itself); a 2xx answer lets Caddy serve the file with
+the headers it carries, anything else is relayed to the client instead of the
+bytes.
 
 - ``verify``: check the presigned signature and expiry locally, with the keys
   from S3CACHE_SIGNING_KEYS(_FILE).  No S3 round trip.
@@ -26,7 +28,7 @@ from flask import Response
 
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
-from s3cache.layout import Layout, ObjectRef, Uncacheable
+from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from sidecar import freshness, hit_headers
 from sidecar.fill import Filler
@@ -69,15 +71,27 @@ def serves_object(served: str | None, relative: str) -> bool:
         return False
 
 
-def allow(hit: HitRequest, ref: ObjectRef, layout: Layout) -> Response:
-    """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves."""
+def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None,
+          overrides: bool = True) -> Response:
+    """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves.
+
+    ``told``: S3's answer to this very URL about the same object (a revalidation),
+    which may tell headers the fill could not store.  ``overrides``: apply the
+    URL's response-* parameters; only for a URL S3 or the signature check has
+    accepted with them (S3 refuses them on unsigned requests: from anyone else
+    they would be a reflected Content-Type / Content-Disposition).
+    """
     try:
         mtime = hit_headers.object_mtime(layout, ref)
     except FileNotFoundError:  # evicted since Caddy looked
         return deny(404, "NoSuchKey", "The specified key does not exist.")
+    if told is not None:
+        hit_headers.record(layout, ref, told, hit.raw_query)
     result = hit_headers.answer(hit.method, hit.headers, hit_headers.load_meta(layout, ref),
-                                hit.raw_query, mtime)
+                                hit.raw_query if overrides else "", mtime)
     resp = Response(status=result.status)
+    # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
+    del resp.headers["Content-Type"]
     resp.headers.update(result.headers)
     if result.status != 204:
         resp.headers["X-Cache"] = "HIT"  # a conditional answer from the cache is still a hit
@@ -120,7 +134,8 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     # verify (signature good) or open: S3 is asked only once the entry is older than S3CACHE_TTL.
     if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
         return revalidate(hit, ref, url, config, layout, filler, session)
-    return allow(hit, ref, layout)
+    # open: nobody checked the URL, so its response-* parameters are not applied.
+    return allow(hit, ref, layout, overrides=config.access != "open")
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
@@ -159,10 +174,10 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         if status == 304:
             if config.ttl is not None:
                 freshness.mark_validated(layout, ref)
-            return allow(hit, ref, layout)
+            return allow(hit, ref, layout, told=resp.headers)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                return allow(hit, ref, layout)  # an origin that ignores If-None-Match; same object
+                return allow(hit, ref, layout, told=resp.headers)  # an origin that ignores If-None-Match
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)
@@ -187,7 +202,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
 def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str) -> Response:
     if config.revalidate_on_error == "open":
         log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
-        return allow(hit, ref, layout)
+        return allow(hit, ref, layout, overrides=False)  # the URL is unconfirmed: no response-* from it
     log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
     resp = error_response(503, "ServiceUnavailable", "Could not confirm access with S3; please retry.")
     resp.headers["X-Cache"] = "ERROR"
@@ -196,7 +211,7 @@ def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout
 
 
 def remove_cached(layout: Layout, ref: ObjectRef) -> None:
-    for path in (layout.object_path(ref), layout.meta_path(ref)):
+    for path in (layout.object_path(ref), layout.meta_path(ref), *(layout.mark_path(ref, k) for k in MARK_KINDS)):
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -36,7 +36,8 @@ import requests
 import urllib3
 
 from s3cache.httpdate import parse_http_date
-from s3cache.layout import Layout, ObjectRef
+from s3cache.layout import MARK_KINDS, Layout, ObjectRef
+from sidecar import hit_headers
 
 log = logging.getLogger("sidecar.fill")
 
@@ -47,6 +48,7 @@ MAX_PENDING = 1024
 QUEUE_WARNING_INTERVAL = 10.0
 
 # Response headers worth keeping: what a hit should answer with (S3 fidelity).
+# Only the object's own are stored: the fill leaves out what the URL's response-* overrode.
 KEPT_HEADERS = (
     "content-type", "content-encoding", "content-disposition", "content-language",
     "cache-control", "expires", "etag", "last-modified", "x-amz-version-id",
@@ -252,7 +254,8 @@ class Filler:
                     headers, size = self._copy_all(resp, fd)
             else:
                 headers, size = self._copy_all(response, fd)
-            self._commit(ref, fd, tmp, final, headers, replace)
+            # What the URL's response-* parameters overrode is S3's answer to that URL, not the object's.
+            self._commit(ref, fd, tmp, final, hit_headers.object_headers(headers, url.partition("?")[2]), replace)
             seconds = time.monotonic() - started
             log.info("filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
             return FillResult("filled", bytes=size, seconds=seconds)
@@ -297,7 +300,8 @@ class Filler:
                 except FillFailed as exc:
                     log.info("streaming %s uncached: %s", ref.name, exc)
                     plan = None
-                body = self._stream_body(ref, resp, fd, tmp, final, headers, plan)
+                body = self._stream_body(ref, resp, fd, tmp, final,
+                                         hit_headers.object_headers(headers, url.partition("?")[2]), plan)
                 return StreamedMiss(200, _client_headers(headers), body)
             relayed = resp.raw.read(64 * 1024, decode_content=False)
             status, headers = resp.status_code, _client_headers({k.lower(): v for k, v in resp.headers.items()})
@@ -406,8 +410,37 @@ class Filler:
             # falls back to If-Modified-Since and sees a change, never an
             # old body under the new ETag.
             _unlink_quietly(str(self.layout.meta_path(ref)))
+        # The object's mark goes in before the object, so that no open-mode hit serves it without its
+        # headers; marks of another kind (a replaced object's) go after.
+        kind = hit_headers.mark_kind(ref.key, headers)
+        if kind is not None:
+            self._mark(ref, kind)
         _rename_into(tmp, final)
+        for other in MARK_KINDS:
+            if other != kind:
+                self._unmark(ref, other)
         self._write_meta(ref, headers, os.fstat(fd).st_size)
+
+    def _unmark(self, ref: ObjectRef, kind: str) -> None:
+        try:
+            _unlink_quietly(str(self.layout.mark_path(ref, kind)))
+        except OSError as exc:  # a stale directory of orphaned marks: swept by the evictor
+            log.warning("could not remove the %s mark of %s: %s", kind, ref.name, exc)
+
+    def _mark(self, ref: ObjectRef, kind: str) -> None:
+        """Create the mark that tells Caddy's open-mode hits what file_server alone gets wrong."""
+        path = str(self.layout.mark_path(ref, kind))
+        for _ in range(5):  # the evictor may prune an empty parent between makedirs and open
+            _makedirs(os.path.dirname(path))
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                os.utime(path)  # young again: the evictor's orphan sweep leaves a mark it finds young
+                return
+            except FileNotFoundError:
+                continue
+            except (IsADirectoryError, NotADirectoryError):
+                raise FillFailed("conflict", "the key clashes with another cached key") from None
+        raise FillFailed("conflict", "parent directory kept disappearing")
 
     def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> None:
         """Best effort: an object without metadata is still served and revalidated (by mtime)."""

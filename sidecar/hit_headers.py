@@ -1,21 +1,29 @@
 """S3's own answer on a hit: the stored headers, response-* overrides, and conditionals judged against S3's ETag.
 
 Caddy's file_server knows only its own ETag (mtime+size) and guesses
-Content-Type from the extension.  In the ``verify`` and ``revalidate`` modes
-the access check runs anyway, so it also returns what S3 would have sent:
+Content-Type from the extension.  Whenever a hit passes the sidecar (the
+``verify`` and ``revalidate`` modes, and ``open`` for objects whose headers
+file_server cannot reproduce, see ``mark_kind``), it returns what S3
+would have sent:
 
-- ``X-S3cache-<Header>`` for Content-Type, ETag, Content-Disposition, ... from
-  the object's metadata, with the presigned ``response-*`` overrides applied;
-  the Caddyfile copies them onto the response;
+- the object's own headers under their S3 names (Content-Type, ETag,
+  Content-Encoding, ``x-amz-meta-*``, ...), with the ``response-*`` overrides
+  of *this* request applied; the Caddyfile copies them onto the response;
 - the conditional request headers (If-Match, If-None-Match, If-Modified-Since,
   If-Unmodified-Since, If-Range) are evaluated here against S3's validators,
   RFC 9110 section 13.2.2 order; a 304 or 412 is answered by us, and Caddy
-  strips those headers before file_server sees them (``copy_headers``), so its
-  own ETag can never contradict S3's.
+  strips those headers before file_server sees them, so its own ETag can never
+  contradict S3's.
+
+What is stored is the object's own: a header that a ``response-*`` parameter
+of the filling URL overrode is S3's answer to that URL, not the object's, so
+it is left out (``object_headers``) until a response to a URL that does not
+override it tells it (``record``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -40,7 +48,12 @@ CANONICAL = {
     "cache-control": "Cache-Control", "content-disposition": "Content-Disposition",
     "content-encoding": "Content-Encoding", "etag": "ETag",
 }
-PREFIX = "X-S3cache-"
+# The object's own headers a hit answers with besides these: x-amz-meta-* and
+# these x-amz-* (S3 sends them on a GET of the object whatever the URL).
+OBJECT_AMZ = ("x-amz-version-id", "x-amz-server-side-encryption", "x-amz-storage-class")
+# The request header Range as the check allows it (If-Range judged here); Caddy
+# puts it back on the request, never on the response.
+RANGE = "X-S3cache-Range"
 
 
 @dataclass
@@ -57,14 +70,147 @@ def load_meta(layout: Layout, ref: ObjectRef) -> dict:
         return {}
 
 
+def overridden(raw_query: str) -> set[str]:
+    """The (lower-case) headers a response-* parameter of this query replaces in S3's answer.
+
+    Parameter names are compared case-insensitively: leaving out a header S3
+    might not have overridden costs fidelity, storing one it did costs safety.
+    """
+    names = {name.lower() for name, _ in parse_qsl(raw_query, keep_blank_values=True)}
+    return {header for header, param in OVERRIDABLE.items() if param in names}
+
+
+def object_headers(response_headers: Mapping[str, str], raw_query: str) -> dict[str, str]:
+    """S3's answer to a URL with this query, less what its response-* parameters overrode (lower-case names)."""
+    replaced = overridden(raw_query)
+    return {k.lower(): v for k, v in response_headers.items() if k.lower() not in replaced}
+
+
+def _own(name: str) -> bool:
+    return name in CANONICAL or name in OBJECT_AMZ or name.startswith("x-amz-meta-")
+
+
 def s3_headers(stored: Mapping[str, str], raw_query: str) -> dict[str, str]:
     """The headers S3 answers a GET of this URL with (those we keep), lower-case names."""
-    out = {k: v for k, v in stored.items() if k in CANONICAL}
+    out = {k: v for k, v in stored.items() if _own(k)}
     params = dict(parse_qsl(raw_query, keep_blank_values=True))
     for header, param in OVERRIDABLE.items():
         if param in params:
             out[header] = params[param]
     return out
+
+
+# The Content-Type Caddy's file_server sends for these extensions (Go's built-in table; the usual
+# mime.types files agree).  Only these count as "Caddy sends it itself": elsewhere the guess
+# depends on the machine's mime.types, or there is none (no extension: no Content-Type at all).
+CADDY_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".avif": "image/avif", ".svg": "image/svg+xml", ".pdf": "application/pdf",
+    ".wasm": "application/wasm", ".json": "application/json",
+}
+# Headers file_server never sends: an object with any of them needs the sidecar on open-mode hits.
+BEYOND_CADDY = ("content-encoding", "content-disposition", "content-language", "cache-control", "expires")
+
+
+# S3's default type, which Caddy sets itself for objects marked "octet".
+OCTET_STREAM = "binary/octet-stream"
+
+
+def mark_kind(key: str, stored: Mapping[str, str]) -> str | None:
+    """What open-mode hits of this object need beyond file_server (a ``Layout.mark_path`` kind), or None.
+
+    "headers": the sidecar's answer (S3's headers); "octet": only S3's default
+    Content-Type, which Caddy sets itself.  ``stored``: the object's own
+    headers, lower-case.  x-amz-version-id, x-amz-server-side-encryption and
+    x-amz-storage-class alone do not count (open mode gives them up on
+    otherwise plain objects), nor does S3's ETag.
+    """
+    if any(k in BEYOND_CADDY or k.startswith("x-amz-meta-") for k in stored):
+        return "headers"
+    content_type = stored.get("content-type")
+    if content_type is None:
+        return None  # unknown: the sidecar could not say more than file_server
+    ext = os.path.splitext(key.rpartition("/")[2])[1].lower()
+    if CADDY_TYPES.get(ext) == content_type:
+        return None
+    return "octet" if content_type == OCTET_STREAM else "headers"
+
+
+def s3_name(name: str) -> str:
+    """A stored (lower-case) header name as S3 spells it on the wire."""
+    return CANONICAL.get(name, name)
+
+
+def record(layout: Layout, ref: ObjectRef, response_headers: Mapping[str, str], raw_query: str) -> None:
+    """Add to the stored headers what S3 just told about the object (a 304, or a 200 of the same ETag).
+
+    Only headers this URL did not override, and only when the response names
+    the stored ETag: then it is the same object.  Under the object's fill lock,
+    so a refresh cannot be overwritten with the old object's headers.  Best effort.
+    """
+    told = {k: v for k, v in object_headers(response_headers, raw_query).items() if _own(k) and k != "etag"}
+    etag = {k.lower(): v for k, v in response_headers.items()}.get("etag")
+
+    def news(meta: dict | None) -> dict | None:
+        stored = (meta or {}).get("headers", {})
+        if not etag or etag != stored.get("etag") or all(stored.get(k) == v for k, v in told.items()):
+            return None
+        return {**stored, **told}
+
+    path = layout.meta_path(ref)
+    if news(_read_json(path)) is None:
+        return  # the usual case, on every revalidated hit: nothing new, no lock taken
+    lock = _take_fill_lock(str(layout.temp_path(ref)))
+    if lock is None:
+        return  # a fill of this object is running: what it writes is newer than what we know
+    tmp = str(layout.meta_temp_path(ref))  # the fill lock's holder owns it
+    try:
+        meta = _read_json(path)  # again, under the lock
+        headers = news(meta)
+        if meta is None or headers is None:
+            return
+        meta["headers"] = headers
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, ensure_ascii=False)
+        os.rename(tmp, path)
+    except OSError:
+        _unlink_quietly(tmp)
+    finally:
+        _unlink_quietly(str(layout.temp_path(ref)))  # ours while we hold the lock, as in a fill
+        os.close(lock)
+
+
+def _read_json(path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _take_fill_lock(path: str) -> int | None:
+    """The fill lock of sidecar/fill.py (flock on the temp file), if free and still that file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.stat(path)
+        if (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev):
+            return fd
+    except OSError:  # BlockingIOError: a fill holds it; FileNotFoundError: swept meanwhile
+        pass
+    os.close(fd)
+    return None
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _etags(value: str) -> list[str]:
@@ -102,10 +248,10 @@ def answer(method: str, request_headers: Mapping[str, str], stored: Mapping[str,
     elif (ims := parse_http_date(get("If-Modified-Since"))) is not None and last_modified <= ims:
         return HitAnswer(304, {**_validators(etag, last_modified), **_cache_headers(headers)})
 
-    out = {PREFIX + CANONICAL[k]: v for k, v in headers.items()}
+    out = {s3_name(k): v for k, v in headers.items()}
     rng = get("Range")
     if rng and method == "GET" and _if_range_holds(get("If-Range"), etag, last_modified):
-        out["Range"] = rng  # Caddy keeps only the request headers we hand back
+        out[RANGE] = rng  # Caddy keeps only the request headers we hand back
     return HitAnswer(204, out)
 
 
