@@ -15,6 +15,9 @@ RAW_URI_HEADER = "X-S3cache-Uri"
 HOST_HEADER = "X-S3cache-Host"
 # The client's address as Caddy saw it ({client_ip}): what S3CACHE_ADMIN_ALLOW judges.
 CLIENT_IP_HEADER = "X-S3cache-Client-Ip"
+# On the access check only: the file Caddy matched, relative to objects/, ended by "|" (waitress
+# strips trailing spaces).  The sidecar refuses a hit unless it is the object it authorized.
+SERVED_HEADER = "X-S3cache-Served"
 
 # -- the sidecar's own endpoints ----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from s3cache.config import Config
 from s3cache.httpdate import format_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
+from s3cache.wire import SERVED_HEADER
 from sidecar import freshness, hit_headers
 from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
@@ -54,11 +55,6 @@ class HitRequest:
     @property
     def raw_query(self) -> str:
         return self.raw_uri.partition("?")[2]
-
-
-# The file Caddy is about to serve, relative to objects/: "/<bucket>/<key>|" (the bytes of the Go
-# string; "|" ends it, since waitress strips trailing spaces from header values).
-SERVED_HEADER = "X-S3cache-Served"
 
 
 def serves_object(served: str | None, relative: str) -> bool:
