@@ -110,6 +110,10 @@ def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
     return {"If-Modified-Since": format_http_date(mtime)}
 
 
+# Headers the check sets itself (the Host S3 is asked at, our validators, identity encoding).
+_OURS = ("host", "if-none-match", "if-modified-since", "accept-encoding")
+
+
 def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[str, str]:
     """Headers the client's SigV4 signature covers (besides host) must reach S3 unchanged.
 
@@ -118,8 +122,8 @@ def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[s
     """
     signed = dict(parse_qsl(raw_query, keep_blank_values=True)).get("X-Amz-SignedHeaders", "")
     present = {k.lower(): k for k in headers.keys()}
-    return {present[name]: headers.get(present[name]) for name in signed.lower().split(";")
-            if name and name != "host" and name in present}
+    return {name: headers.get(present[name]) for name in signed.lower().split(";")
+            if name and name not in _OURS and name in present}
 
 
 def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,

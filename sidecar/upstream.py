@@ -162,8 +162,11 @@ class Upstream:
         ``release_conn()`` the response.  Raises Unsendable or Unreachable.
         """
         target = Target.parse(url)
-        sent = {"Host": target.netloc, "Accept-Encoding": "identity", **(headers or {})}
-        check_headers(sent)
+        check_headers(headers or {})
+        # Case-insensitive: a caller's header replaces ours of the same name, never doubles it.
+        sent = urllib3.HTTPHeaderDict({"Host": target.netloc, "Accept-Encoding": "identity"})
+        for name, value in (headers or {}).items():
+            sent[name] = value
         with self._lock:
             pool = self._manager.connection_from_host(target.host, target.port, target.scheme)
         try:
@@ -181,10 +184,10 @@ class Upstream:
 
 def describe(exc: BaseException) -> str:
     """A short, URL-free description of a network error, for logs and reasons."""
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass, yet no timeout
+        return "connection failed"
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
         return "timeout"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return "connection failed"
     return type(exc).__name__
 
 
@@ -194,4 +197,5 @@ READ_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
 
 def is_timeout(exc: BaseException) -> bool:
     cause = exc.__cause__ if isinstance(exc, UpstreamError) else exc
-    return isinstance(cause, (urllib3.exceptions.TimeoutError, TimeoutError))
+    return (isinstance(cause, (urllib3.exceptions.TimeoutError, TimeoutError))
+            and not isinstance(cause, urllib3.exceptions.NewConnectionError))
