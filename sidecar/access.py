@@ -32,7 +32,7 @@ from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
 from sidecar.signatures import verify_presigned
-from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, sendable_url
+from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, done, sendable_url
 
 log = logging.getLogger("sidecar.access")
 
@@ -181,7 +181,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         return relayed
     finally:
         if not keep_open:
-            resp.close()
+            done(resp)
 
 
 def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str) -> Response:

@@ -179,7 +179,9 @@ def render(snap: dict) -> str:
                   + kv("fill_bytes", "bytes fetched into the cache", fills["bytes"])
                   + kv("misses_fill", "misses that queued a fill", snap["sidecar_misses"]["fill"])
                   + kv("misses_redirect", "misses only redirected (uncacheable)", snap["sidecar_misses"]["redirect"]))
-    other = "".join(f"<tr><td>{escape(k)}</td><td>{fmt_count(n)}</td></tr>" for k, n in fills["other_outcomes"].items())
+    # Failed fills by reason first (disk-full, too-slow, timeout, status-403 ...), then the other outcomes.
+    outcomes = {**{f"failed: {r}": n for r, n in fills["failed_by_reason"].items()}, **fills["other_outcomes"]}
+    other = "".join(f"<tr><td>{escape(k)}</td><td>{fmt_count(n)}</td></tr>" for k, n in outcomes.items())
 
     passes = "".join(
         f"<tr><td title=\"{escape(fmt_time(p['finished_at']))}\">{escape(fmt_time(p['finished_at'])[11:19])}</td>"

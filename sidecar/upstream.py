@@ -161,7 +161,10 @@ class Upstream:
         The caller reads the body (``read1``/``read``) and must ``close()`` or
         ``release_conn()`` the response.  Raises Unsendable or Unreachable.
         """
-        target = Target.parse(url)
+        try:
+            target = Target.parse(url)
+        except ValueError as exc:  # a port that is not a number
+            raise Unsendable("not a valid upstream URL") from exc
         check_headers(headers or {})
         # Case-insensitive: a caller's header replaces ours of the same name, never doubles it.
         sent = urllib3.HTTPHeaderDict({"Host": target.netloc, "Accept-Encoding": "identity"})
@@ -193,6 +196,26 @@ def describe(exc: BaseException) -> str:
 
 # Errors reading a response body: the connection cut, a timeout, a malformed chunk.
 READ_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+# What is left of a body we are done with is read to its end (to keep the connection) up to this.
+DRAIN_LIMIT = 64 * 1024
+
+
+def done(resp: urllib3.BaseHTTPResponse) -> None:
+    """Finished with ``resp``: its connection goes back to the pool for the next request (a 304, an
+    error document: a keep-alive saves a handshake per hit), or is closed when the rest of the body
+    is large, unsized or unreadable."""
+    remaining = resp.length_remaining
+    if remaining is not None and remaining <= DRAIN_LIMIT:
+        try:
+            while resp.read(DRAIN_LIMIT, decode_content=False):
+                pass
+        except READ_ERRORS:
+            pass
+        else:
+            resp.release_conn()
+            return
+    resp.close()
+    resp.release_conn()  # its slot back; the pool reconnects a closed connection when it is next used
 
 
 def is_timeout(exc: BaseException) -> bool:

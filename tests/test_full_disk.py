@@ -82,6 +82,8 @@ def test_a_burst_of_fills_onto_a_full_disk_never_commits_a_short_object(small_fs
     status, report = health(stack)
     assert status == 503 and report["status"] == "degraded", report
     assert any("cache disk full" in reason for reason in report["reasons"]), report
+    page = requests.get(stack.url + "/_s3cache", timeout=10).text
+    assert "failed: disk-" in page
 
 
 def test_a_stream_whose_cache_write_fails_still_gives_the_client_the_whole_object(small_fs, origin, make_stack):

@@ -22,6 +22,7 @@ class _CapturingServer:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.lines: list[bytes] = []
+        self.accepted = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -30,6 +31,7 @@ class _CapturingServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn):
@@ -74,3 +76,15 @@ def test_a_target_http_cannot_carry_unchanged_is_never_sent(capturing, target):
     with pytest.raises(Unsendable):
         Upstream().request("GET", f"http://127.0.0.1:{capturing.port}{target}", connect_timeout=5, read_timeout=5)
     assert len(capturing.lines) == before
+
+
+def test_a_finished_small_answer_keeps_its_connection(capturing):
+    """Revalidation is on the hit path: one keep-alive connection, not a handshake per check."""
+    from sidecar.upstream import done
+    upstream = Upstream()
+    accepted = capturing.accepted
+    for i in range(5):
+        resp = upstream.request("GET", f"http://127.0.0.1:{capturing.port}/k{i}", connect_timeout=5, read_timeout=5)
+        assert resp.status == 200
+        done(resp)
+    assert capturing.accepted - accepted == 1
