@@ -525,6 +525,7 @@ class _StreamBody:
         self.filler, self.ref, self.resp, self.fd, self.tmp, self.final = filler, ref, resp, fd, tmp, final
         self.headers, self.plan = headers, plan
         self._committed = False
+        self._tmp_gone = False  # unlinked early: the path may already be another fill's temp file
         self._closed = False
         self._gen: Iterator[bytes] | None = None
 
@@ -537,6 +538,7 @@ class _StreamBody:
         started = time.monotonic()
         if self.plan is None:  # stream only
             _unlink_quietly(self.tmp)
+            self._tmp_gone = True
             try:
                 while chunk := self.resp.read1(CHUNK, decode_content=False):
                     yield chunk
@@ -554,6 +556,7 @@ class _StreamBody:
                     except FillFailed as exc:
                         write_failure, out = exc, None
                         _unlink_quietly(self.tmp)  # give the disk its space back at once
+                        self._tmp_gone = True
                 yield chunk
             if write_failure is not None:
                 raise write_failure
@@ -566,7 +569,8 @@ class _StreamBody:
         except FILL_ERRORS as exc:
             # The client has had what S3 sent; only the cache declines it.
             exc.needed = expected
-            self.filler._record(self.filler._failed(self.ref, exc, self.tmp))
+            self.filler._record(self.filler._failed(self.ref, exc, None if self._tmp_gone else self.tmp))
+            self._tmp_gone = True
 
     def close(self) -> None:
         if self._closed:
@@ -576,7 +580,7 @@ class _StreamBody:
             if self._gen is not None:
                 self._gen.close()
         finally:
-            if not self._committed:
+            if not self._committed and not self._tmp_gone:
                 _unlink_quietly(self.tmp)
             os.close(self.fd)
             self.resp.close()

@@ -68,7 +68,7 @@ def health_report(config: Config, layout: Layout, filler: Filler) -> tuple[bool,
     except OSError:
         disk = None
         reasons.append("cannot read the cache disk's usage")
-    failure = filler.disk_failure
+    failure = getattr(filler, "disk_failure", None)
     if failure is not None and (failure.needed == 0 or disk is None or disk["available_bytes"] < failure.needed):
         what = "cache disk full" if failure.reason == "disk-full" else "cache disk error"
         reasons.append(f"{what}: a fill failed ({failure.detail})"
