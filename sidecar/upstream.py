@@ -7,7 +7,7 @@
   and urllib3's ``urlopen`` both re-encode (raw UTF-8, ``#``, ``|``, lower-case
   escapes ...); we hand the target straight to the connection instead.  A
   target that HTTP/1.1 cannot carry unchanged (anything outside printable
-  ASCII) is refused with ``Unsendable`` before anything is sent: the caller
+  ASCII, and a raw ``#``) is refused with ``Unsendable`` before anything is sent: the caller
   redirects the client to S3 instead of fetching for it.
 - Keep-alive connection pools per upstream host (virtual-hosted buckets each
   have their own host).
@@ -29,8 +29,11 @@ from typing import Mapping
 import urllib3
 from urllib3.util import Timeout
 
-# What HTTP/1.1 carries unchanged in a request target: printable ASCII, no space.
-_SENDABLE_TARGET = re.compile(r"/[\x21-\x7e]*\Z")
+# What HTTP/1.1 carries unchanged in a request target: printable ASCII, no space -- and no '#'.
+# A raw '#' is not part of any request-target (no client sends one: it starts a fragment), so a
+# server may well cut the path there, and S3 would answer for a different key than the one the
+# file is stored under.
+_SENDABLE_TARGET = re.compile(r"/[\x21\x22\x24-\x7e]*\Z")
 # RFC 9110 token (a header name) and field value (visible latin-1 bytes, space and tab inside).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _FIELD_VALUE = re.compile(r"(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?\Z")

@@ -77,12 +77,17 @@ def test_a_fill_never_stores_a_look_alike_object(origin, make_stack, key, look_a
     assert cached_bytes(stack, key) != origin_object(origin, look_alike)
 
 
-def test_a_raw_hash_in_the_path_is_filled_with_its_own_object(origin, make_stack):
+def test_a_raw_hash_is_never_fetched_but_its_escaped_form_is_filled(origin, make_stack):
+    """A raw '#' is in no valid request target (S3 may cut the path there): redirect only."""
     stack = make_stack(S3CACHE_ACCESS="open")
     own = put(origin, "x#y")
     put(origin, "x")
-    request_and_settle(stack, f"/{BUCKET}/x#y".encode())
+    origin.reset()
+    resp = raw_get(stack.url, f"/{BUCKET}/x#y".encode())
+    assert resp.status == 307 and resp.headers["location"].endswith(f"/{BUCKET}/x#y")
+    request_and_settle(stack, f"/{BUCKET}/x%23y".encode())
     assert cached_bytes(stack, "x#y") == own
+    assert [r["path"] for r in origin.stats()["requests"]] == [f"/{BUCKET}/x%23y"]
 
 
 def test_revalidation_never_asks_s3_about_a_look_alike_key(origin, make_stack):
