@@ -113,8 +113,6 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             log.debug("redirect only (%s): %s", plan.why_not, raw_uri.partition("?")[0])
         return redirect_307(plan.location)
 
-    app.extensions["s3cache"]["stream_slots"] = stream_slots
-
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
         log.exception("unhandled error")
