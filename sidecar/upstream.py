@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Mapping
 
+import certifi
 import urllib3
 from urllib3.util import Timeout
 
@@ -153,7 +154,9 @@ class Upstream:
     """The sidecar's one way to send a request to S3."""
 
     def __init__(self, *, maxsize: int = POOL_MAXSIZE):
-        self._manager = urllib3.PoolManager(num_pools=MAX_POOLS, maxsize=maxsize, block=False)
+        # certifi: the same trust store requests used before (slim images may lack the system's).
+        self._manager = urllib3.PoolManager(num_pools=MAX_POOLS, maxsize=maxsize, block=False,
+                                            ca_certs=certifi.where())
         self._manager.pool_classes_by_scheme = {"http": _ExactHTTPPool, "https": _ExactHTTPSPool}
         self._lock = threading.Lock()
 
