@@ -116,3 +116,38 @@ def test_a_5xx_from_s3_is_what_fail_open_serves(client, origin):
     origin.fault(f"/{BUCKET}/{KEY}", "status", once=True, status=503)  # a signed request gets that far
     resp = auth(client, origin.presign(BUCKET, KEY).partition("?")[2], {})
     assert served(resp)
+
+
+# -- the same through the real stack (Caddy's forward_auth in front) --------------------
+
+@pytest.fixture(scope="module")
+def open_stack(tmp_path_factory, origin, cached):
+    from tests.stack import Stack
+    s = Stack(tmp_path_factory.mktemp("failopen-stack"), origin.url, S3CACHE_ACCESS="revalidate",
+              S3CACHE_REVALIDATE_ON_ERROR="open")
+    try:
+        s.start()
+        path = s.object_file(BUCKET, KEY)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(BODY)  # cached, as a fill would have left it
+        yield s
+    finally:
+        s.stop()
+
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=10)
+_WIRE_VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
+                      max_size=16)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=st.dictionaries(_TOKEN.map(lambda n: "x-" + n), _WIRE_VALUE, max_size=3),
+       extra=st.lists(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0xFF,
+                                                      blacklist_characters="&#;%+\x7f"), max_size=6), max_size=2))
+def test_fuzz_through_the_stack_fail_open_never_serves_a_private_object(open_stack, headers, extra):
+    from urllib.parse import quote
+    from tests.rawhttp import raw_get
+    signed = ";".join(["host", *headers, *extra])
+    target = f"/{BUCKET}/{KEY}?X-Amz-SignedHeaders={quote(signed.encode('latin-1'), safe=';')}".encode()
+    resp = raw_get(open_stack.url, target, headers=headers)
+    assert resp.status != 200 and BODY not in resp.body, (resp.status, resp.headers)
