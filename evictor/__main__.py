@@ -18,6 +18,7 @@ import schedule
 
 from evictor.run import PassAborted, PassBusy, run_pass
 from s3cache.config import Config, ConfigError
+from s3cache.redact import redact
 
 
 def main() -> int:
@@ -41,10 +42,11 @@ def main() -> int:
         except PassAborted:
             return
         except PassBusy as exc:
-            print(f"skipped: {exc}", flush=True)
+            print(redact(f"skipped: {exc}"), flush=True)
             return
         except Exception:  # a bad pass must not end the process; the next one may succeed
-            print("pass failed:\n" + traceback.format_exc().rstrip(), flush=True)
+            # An access-log line may carry a URL (Caddy redacts it; this is the second lock).
+            print(redact("pass failed:\n" + traceback.format_exc().rstrip()), flush=True)
             return
         print(summary.line(), flush=True)
 

@@ -238,6 +238,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Background fetches running at once."),
     Setting("S3CACHE_FILL_TIMEOUT", "60", _positive_float,
             "Seconds a fetch may stall (connect or between reads) before it is abandoned."),
+    Setting("S3CACHE_FILL_MIN_RATE", "65536", _positive_int,
+            "Bytes per second a fetch must average: a fetch of N bytes is abandoned after "
+            "S3CACHE_FILL_TIMEOUT + N / S3CACHE_FILL_MIN_RATE seconds in all."),
+    Setting("S3CACHE_STREAM_MAX", "8", _positive_int,
+            "stream mode: misses streamed at once; beyond it a miss is redirected (and filled in the "
+            "background), so hits, access checks and health always have threads of their own."),
     Setting("S3CACHE_ACCESS", "revalidate", _choice("revalidate", "verify", "open"),
             "Who may read a cached object: revalidate (ask S3 with the client's URL), verify (check the "
             "signature locally), open (anyone: public buckets only)."),
@@ -286,6 +292,8 @@ class Config:
     miss: str
     fill_workers: int
     fill_timeout: float
+    fill_min_rate: int
+    stream_max: int
     access: str
     signing_keys: dict
     signing_keys_file: dict

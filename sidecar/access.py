@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import parse_qsl
 
-import requests
 from flask import Response
 
 from s3cache.config import Config
@@ -36,6 +35,7 @@ from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
 from sidecar.signatures import verify_presigned
+from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, done, sendable_url
 
 log = logging.getLogger("sidecar.access")
 
@@ -101,7 +101,7 @@ def deny(status: int, code: str, message: str, resource: str = "") -> Response:
 
 
 def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
-              session: requests.Session) -> Response:
+              session: Upstream) -> Response:
     try:
         resolved = config.addressing.resolve(hit.host, hit.raw_uri)
         parsed = resolved.parsed
@@ -143,30 +143,49 @@ def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
     return {"If-Modified-Since": format_http_date(mtime)}
 
 
+# Headers the check sets itself (the Host S3 is asked at, our validators, identity encoding).
+_OURS = ("host", "if-none-match", "if-modified-since", "accept-encoding")
+
+
 def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers the client's SigV4 signature covers (besides host) must reach S3 unchanged."""
+    """Headers the client's SigV4 signature covers (besides host) must reach S3 unchanged.
+
+    Names and values are the client's: ``upstream`` refuses (Unsendable) what
+    HTTP cannot carry unchanged, and that refusal is the client's error.
+    """
     signed = dict(parse_qsl(raw_query, keep_blank_values=True)).get("X-Amz-SignedHeaders", "")
-    present = {k.lower() for k in headers.keys()}
-    return {name: headers.get(name) for name in signed.lower().split(";")
-            if name and name != "host" and name in present}
+    present = {k.lower(): k for k in headers.keys()}
+    return {name: headers.get(present[name]) for name in signed.lower().split(";")
+            if name and name not in _OURS and name in present}
 
 
 def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
-               session: requests.Session) -> Response:
+               session: Upstream) -> Response:
+    """Ask S3 with the client's own URL, sent byte for byte; serve only on its 304 (or an equal ETag).
+
+    Fail-open (S3CACHE_REVALIDATE_ON_ERROR=open) follows only ``Unreachable``
+    and a 5xx: S3 could not be asked.  A request that cannot be sent as the
+    client made it is refused, never served.
+    """
+    if not sendable_url(url):
+        # S3 would be asked about a different key than the file Caddy serves: let S3 answer the client.
+        return redirect_307(url, x_cache="DENIED")
     try:
         validators = _cached_validators(layout, ref)
     except FileNotFoundError:
         return deny(404, "NoSuchKey", "The specified key does not exist.")
-    headers = {**_signed_client_headers(hit.raw_query, hit.headers), **validators,
-               "Accept-Encoding": "identity"}
+    headers = {**_signed_client_headers(hit.raw_query, hit.headers), **validators}
     try:
-        resp = session.request(hit.method, url, headers=headers, stream=True,
-                               allow_redirects=False, timeout=REVALIDATE_TIMEOUT)
-    except requests.RequestException as exc:
-        return _unreachable(hit, ref, config, layout, type(exc).__name__)
+        resp = session.request(hit.method, url, headers=headers,
+                               connect_timeout=REVALIDATE_TIMEOUT[0], read_timeout=REVALIDATE_TIMEOUT[1])
+    except Unsendable as exc:
+        log.info("refusing the hit on %s: %s", ref.name, exc)
+        return deny(400, "InvalidRequest", "A header the request signs cannot be forwarded to S3 unchanged.")
+    except Unreachable as exc:
+        return _unreachable(hit, ref, config, layout, str(exc))
     keep_open = False
     try:
-        status = resp.status_code
+        status = resp.status
         if status == 304:
             if config.ttl is not None:
                 freshness.mark_validated(layout, ref)
@@ -185,17 +204,21 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
             return _unreachable(hit, ref, config, layout, f"origin answered {status}")
         if status == 404:
             remove_cached(layout, ref)
-        body = resp.raw.read(MAX_RELAYED_BODY, decode_content=False) if hit.method == "GET" else b""
+        try:
+            body = resp.read(MAX_RELAYED_BODY, decode_content=False) if hit.method == "GET" else b""
+        except READ_ERRORS:
+            body = b""  # the refusal stands; only its explanation was lost
         relayed = Response(body, status=status, content_type=resp.headers.get("Content-Type", "application/xml"))
         relayed.headers["X-Cache"] = "DENIED"
         relayed.headers["Cache-Control"] = "no-store"
         return relayed
     finally:
         if not keep_open:
-            resp.close()
+            done(resp)
 
 
 def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str) -> Response:
+    """S3 could not be asked (no connection, a timeout, a 5xx): the only case S3CACHE_REVALIDATE_ON_ERROR governs."""
     if config.revalidate_on_error == "open":
         log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
         return allow(hit, ref, layout, overrides=False)  # the URL is unconfirmed: no response-* from it

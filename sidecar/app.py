@@ -8,6 +8,7 @@ traceback ever reaches a client: unexpected errors become an S3-style 500.
 from __future__ import annotations
 
 import logging
+import threading
 
 from flask import Flask, Response, request
 
@@ -15,7 +16,6 @@ from s3cache import wire
 from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
-import requests
 
 from sidecar import internal
 from sidecar.internal import client_host
@@ -24,6 +24,7 @@ from sidecar.fill import Filler
 from sidecar.miss import plan_miss
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
+from sidecar.upstream import Upstream
 
 log = logging.getLogger("sidecar")
 
@@ -38,11 +39,14 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     app = Flask(__name__)
     layout = Layout(config.dir)
     layout.ensure()
+    # The one way to S3 (fills, streams, revalidation): exact request targets, keep-alive pools.
+    upstream = filler.upstream if filler is not None else Upstream()
     filler = filler or Filler(layout, workers=config.fill_workers, timeout=config.fill_timeout,
-                              max_object_bytes=config.max_object_bytes)
-    # One pooled session for revalidation: a keep-alive connection to S3 saves a handshake per hit.
-    upstream = requests.Session()
-    upstream.mount(config.upstream, requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32))
+                              max_object_bytes=config.max_object_bytes, upstream=upstream,
+                              min_rate=config.fill_min_rate)
+    # Streams hold a server thread for as long as S3 and the client take: at most
+    # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
+    stream_slots = threading.BoundedSemaphore(config.stream_max)
     status = Status(config, layout, filler)  # the collector behind the page, metrics and stats
     app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
@@ -71,12 +75,21 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             return error_response(exc.status, exc.code, exc.message)
         status.count_miss(plan)
         if plan.fill is not None and config.miss == "stream" and "Range" not in request.headers:
-            streamed = filler.stream(plan.fill, plan.location)
+            streamed = None
+            if stream_slots.acquire(blocking=False):
+                try:
+                    streamed = filler.stream(plan.fill, plan.location)
+                finally:
+                    if streamed is None:
+                        stream_slots.release()
+            else:
+                log.debug("all %d stream slots busy: redirecting", config.stream_max)
             if streamed is not None:
-                resp = Response(streamed.body, status=streamed.status, headers=streamed.headers)
+                body = _Releasing(streamed.body, stream_slots.release)
+                resp = Response(body, status=streamed.status, headers=streamed.headers)
                 resp.headers["X-Cache"] = "MISS"
                 return resp
-            # Another fill holds the object (or it just arrived): redirect as usual.
+            # All stream slots busy, another fill holds the object (or it just arrived): redirect as usual.
         if plan.fill is not None:
             filler.submit(plan.fill, plan.location)
         else:
@@ -89,3 +102,27 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
         return error_response(500, "InternalError", "We encountered an internal error. Please try again.")
 
     return app
+
+
+class _Releasing:
+    """A response body that calls ``release`` once when the server closes it (done, or the client gone).
+
+    A class, not a generator: the server may close the body before reading
+    it, and a generator that never started would never run its ``finally``.
+    """
+
+    def __init__(self, body, release):
+        self._body, self._release, self._released = body, release, False
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._released:
+                self._released = True
+                self._release()

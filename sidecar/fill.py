@@ -7,10 +7,16 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    dies, so nothing can go stale.  Whoever fails to get it leaves the fill to
    the holder, in this process or another.
 2. The body streams into that temp file (same filesystem as ``objects/``,
-   outside the served tree).  Only a ``200`` whose length equals
-   ``Content-Length`` and, for a plain-MD5 ETag, whose MD5 matches, is kept.
+   outside the served tree), every write checked (a short write at ENOSPC is
+   a failure, not a shorter file).  Only a ``200`` whose length equals
+   ``Content-Length`` and, for a plain-MD5 ETag, whose MD5 matches, is kept,
+   and only once the file on disk holds exactly that many bytes.
 3. The object is renamed into ``objects/`` atomically (Caddy sees either
    nothing or the whole file), then its metadata is written to ``meta/``.
+
+The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
+as the client sent it), and the whole fetch has a deadline derived from its
+length and S3CACHE_FILL_MIN_RATE.
 
 Anything else (non-200, truncation, mismatch, timeout, a kill) leaves nothing
 that is ever served; a dead fill's temp file is reused by the next fill and
@@ -32,12 +38,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-import requests
+import http.client
+
 import urllib3
 
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
+from s3cache.redact import redact
 from sidecar import hit_headers
+from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
 
 log = logging.getLogger("sidecar.fill")
 
@@ -46,6 +55,10 @@ CHUNK = 1 << 20
 # redirected anyway; a later miss will try again).
 MAX_PENDING = 1024
 QUEUE_WARNING_INTERVAL = 10.0
+# S3 error documents are small; a non-200 relayed to a streamed miss is never read past this.
+MAX_RELAYED_BODY = 64 * 1024
+# Bytes/s a fill must average (S3CACHE_FILL_MIN_RATE's default): see Filler.deadline.
+DEFAULT_MIN_RATE = 64 * 1024
 
 # Response headers worth keeping: what a hit should answer with (S3 fidelity).
 # Only the object's own are stored: the fill leaves out what the URL's response-* overrode.
@@ -136,11 +149,12 @@ class Filler:
     """A bounded pool of fill workers, one fill per object at a time."""
 
     def __init__(self, layout: Layout, *, workers: int, timeout: float, max_object_bytes: int | None,
-                 session: requests.Session | None = None):
+                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE):
         self.layout = layout
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
-        self.session = session or requests.Session()
+        self.min_rate = min_rate  # bytes/s a fill must average (S3CACHE_FILL_MIN_RATE)
+        self.upstream = upstream or Upstream()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fill")
         self._lock = threading.Lock()
         self._pending: set[ObjectRef] = set()
@@ -150,6 +164,8 @@ class Filler:
         self.durations: list[float] = []
         self._last_queue_warning = float("-inf")
         self._dropped_since_warning = 0  # bounded; for the fill-duration histogram
+        # The latest fill the disk refused (ENOSPC, EIO, read-only ...), until a fill succeeds: health reports it.
+        self.disk_failure: DiskFailure | None = None
 
     # -- scheduling -----------------------------------------------------------------
 
@@ -176,7 +192,7 @@ class Filler:
             self._last_queue_warning = now
             self._dropped_since_warning = 0
 
-    def refresh(self, ref: ObjectRef, url: str, response: requests.Response) -> bool:
+    def refresh(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse) -> bool:
         """Replace a stale entry with the body of ``response`` (an open 200), in the background.
 
         Returns False (and the caller closes the response) when a fill of ``ref`` is already queued.
@@ -188,7 +204,7 @@ class Filler:
         self._pool.submit(self._run, ref, url, response)
         return True
 
-    def _run(self, ref: ObjectRef, url: str, response: requests.Response | None = None) -> None:
+    def _run(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None) -> None:
         with self._lock:
             self.in_progress += 1
         try:
@@ -207,6 +223,7 @@ class Filler:
             key = result.outcome if result.outcome != "failed" else f"failed:{result.reason}"
             self.outcomes[key] += 1
             if result.outcome == "filled":
+                self.disk_failure = None
                 self.bytes_filled += result.bytes
                 self.durations.append(result.seconds)
                 del self.durations[:-10000]
@@ -222,7 +239,7 @@ class Filler:
 
     # -- one fill ---------------------------------------------------------------------
 
-    def fill(self, ref: ObjectRef, url: str, response: requests.Response | None = None) -> FillResult:
+    def fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None) -> FillResult:
         """Fetch ``url`` into the cache entry for ``ref``; synchronous.
 
         With ``response`` (an open 200 for ``url``), its body replaces whatever
@@ -234,41 +251,66 @@ class Filler:
             if response is not None:
                 response.close()
 
-    def _fill(self, ref: ObjectRef, url: str, response: requests.Response | None) -> FillResult:
+    def _fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None) -> FillResult:
         started = time.monotonic()
         replace = response is not None
         final = str(self.layout.object_path(ref))
         if not replace and os.path.isfile(final):
             return FillResult("cached")
         tmp = str(self.layout.temp_path(ref))
-        fd = _FillLock.acquire(tmp)
+        try:
+            fd = _FillLock.acquire(tmp)
+        except OSError as exc:  # cannot even create the temp file: the disk's failure
+            return self._failed(ref, FillFailed(_disk_reason(exc), f"temp file: {exc.strerror}"), tmp=None)
+        except FillFailed as exc:
+            return self._failed(ref, exc, tmp=None)
         if fd is None:
             return FillResult("busy")
+        resp = response
         try:
             if not replace and os.path.isfile(final):  # finished by another fill since our first look
                 os.unlink(tmp)
                 return FillResult("cached")
             os.ftruncate(fd, 0)
-            if response is None:
-                with self._get(url) as resp:
-                    headers, size = self._copy_all(resp, fd)
-            else:
-                headers, size = self._copy_all(response, fd)
+            if resp is None:
+                resp = self._get(url)
+            expected, md5 = self._check(resp)
+            out = _CacheFile(fd, expected, md5)
+            try:
+                for chunk in self._read_body(resp, expected, started):
+                    out.write(chunk)
+                out.finish()
+            except FillFailed as exc:
+                exc.needed = expected
+                raise
             # What the URL's response-* parameters overrode is S3's answer to that URL, not the object's.
-            self._commit(ref, fd, tmp, final, hit_headers.object_headers(headers, url.partition("?")[2]), replace)
+            headers = hit_headers.object_headers(_lower_headers(resp), url.partition("?")[2])
+            self._commit(ref, fd, tmp, final, headers, replace)
             seconds = time.monotonic() - started
-            log.info("filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
-            return FillResult("filled", bytes=size, seconds=seconds)
+            log.info("filled %s (%d bytes in %.2fs)", ref.name, expected, seconds)
+            return FillResult("filled", bytes=expected, seconds=seconds)
         except FILL_ERRORS as exc:
-            _unlink_quietly(tmp)  # we still hold the lock, so it is ours to remove
-            reason = _failure_reason(exc)
-            log.warning("not caching %s: %s", ref.name, _describe(reason, exc))
-            return FillResult("failed", reason)
+            return self._failed(ref, exc, tmp)  # we still hold the lock, so tmp is ours to remove
         except BaseException:
             _unlink_quietly(tmp)
             raise
         finally:
+            if resp is not None and resp is not response:
+                resp.close()
             os.close(fd)  # releases the flock
+
+    def _failed(self, ref: ObjectRef, exc: BaseException, tmp: str | None) -> FillResult:
+        if tmp is not None:
+            _unlink_quietly(tmp)
+        reason = _failure_reason(exc)
+        log.warning("not caching %s: %s", ref.name, _describe(reason, exc))
+        disk = None
+        if reason in DISK_REASONS:
+            disk = DiskFailure(reason, _describe(reason, exc), getattr(exc, "needed", 0), time.time())
+        with self._lock:  # the outcome itself is counted by _run (or warm's caller)
+            if disk is not None:
+                self.disk_failure = disk
+        return FillResult("failed", reason)
 
     # -- one miss streamed to the client while it is cached (S3CACHE_MISS=stream) ---------
 
@@ -276,13 +318,17 @@ class Filler:
         """Fetch ``url`` once for both the client and the cache; None: redirect instead.
 
         None when another fill of ``ref`` holds the lock (its bytes cannot be
-        teed) or the object arrived meanwhile.  A non-200 from S3 is relayed
-        as is; a 200 that cannot be cached (too large, SSE-C, ...) is still
-        streamed, just not kept.
+        teed), the object arrived meanwhile, or S3 cannot be asked.  A non-200
+        from S3 is relayed as is (status, Location, body); a 200 that cannot
+        be cached (too large, SSE-C, ...) is still streamed, just not kept.
         """
         final = str(self.layout.object_path(ref))
         tmp = str(self.layout.temp_path(ref))
-        fd = _FillLock.acquire(tmp)
+        try:
+            fd = _FillLock.acquire(tmp)
+        except (OSError, FillFailed) as exc:  # no temp file: redirect, and the client asks S3 itself
+            log.warning("cannot stream %s: temp file: %s", ref.name, exc)
+            return None
         if fd is None:
             return None
         resp = None
@@ -293,19 +339,24 @@ class Filler:
                 return None
             os.ftruncate(fd, 0)
             resp = self._get(url)
-            if resp.status_code == 200:
-                headers = {k.lower(): v for k, v in resp.headers.items()}
+            if resp.status == 200:
+                headers = _lower_headers(resp)
                 try:
                     plan = self._check(resp)
                 except FillFailed as exc:
                     log.info("streaming %s uncached: %s", ref.name, exc)
                     plan = None
-                body = self._stream_body(ref, resp, fd, tmp, final,
-                                         hit_headers.object_headers(headers, url.partition("?")[2]), plan)
+                body = _StreamBody(self, ref, resp, fd, tmp, final,
+                                   hit_headers.object_headers(headers, url.partition("?")[2]), plan)
                 return StreamedMiss(200, _client_headers(headers), body)
-            relayed = resp.raw.read(64 * 1024, decode_content=False)
-            status, headers = resp.status_code, _client_headers({k.lower(): v for k, v in resp.headers.items()})
-            headers.pop("Content-Length", None)
+            status = resp.status
+            relayed = resp.read(MAX_RELAYED_BODY + 1, decode_content=False)
+            headers = _relayed_headers(_lower_headers(resp))
+            if len(relayed) > MAX_RELAYED_BODY:  # not an S3 error document: relay what we have, unsized
+                relayed = relayed[:MAX_RELAYED_BODY]
+                headers.pop("Content-Length", None)
+            else:
+                headers["Content-Length"] = str(len(relayed))
             resp.close()
             _unlink_quietly(tmp)
             os.close(fd)
@@ -316,50 +367,19 @@ class Filler:
                 resp.close()
             _unlink_quietly(tmp)
             os.close(fd)
-            log.warning("cannot stream %s: %s", ref.name, exc)
+            log.warning("cannot stream %s: %s", ref.name, _describe(_failure_reason(exc), exc))
             return None
-
-    def _stream_body(self, ref, resp, fd, tmp, final, headers, plan) -> Iterator[bytes]:
-        started = time.monotonic()
-        committed = False
-        size = 0
-        try:
-            if plan is None:  # stream only
-                _unlink_quietly(tmp)
-                while chunk := resp.raw.read(CHUNK, decode_content=False):
-                    yield chunk
-                return
-            for chunk in self._copy(resp, fd, *plan):
-                size += len(chunk)
-                yield chunk
-            self._commit(ref, fd, tmp, final, headers, replace=False)
-            committed = True
-            seconds = time.monotonic() - started
-            log.info("streamed and filled %s (%d bytes in %.2fs)", ref.name, size, seconds)
-            self._record(FillResult("filled", bytes=size, seconds=seconds))
-        except FILL_ERRORS as exc:
-            # The client has had what S3 sent; only the cache declines it.
-            reason = _failure_reason(exc)
-            log.warning("not caching streamed %s: %s", ref.name, _describe(reason, exc))
-            self._record(FillResult("failed", reason))
-        finally:
-            # Also reached when the client goes away mid-body (the server closes us).
-            if not committed:
-                _unlink_quietly(tmp)
-            os.close(fd)
-            resp.close()
 
     # -- the steps every fill shares ----------------------------------------------------
 
-    def _get(self, url: str) -> requests.Response:
-        return self.session.get(url, stream=True, timeout=(self.timeout, self.timeout), allow_redirects=False,
-                                headers={"Accept-Encoding": "identity"})
+    def _get(self, url: str) -> urllib3.BaseHTTPResponse:
+        return self.upstream.request("GET", url, connect_timeout=self.timeout, read_timeout=self.timeout)
 
-    def _check(self, resp: requests.Response) -> tuple[int, str | None]:
+    def _check(self, resp: urllib3.BaseHTTPResponse) -> tuple[int, str | None]:
         """(expected length, expected MD5 or None) of a response we may cache; FillFailed if not."""
-        if resp.status_code != 200:
-            raise FillFailed(f"status-{resp.status_code}")
-        headers = {k.lower(): v for k, v in resp.headers.items()}
+        if resp.status != 200:
+            raise FillFailed(f"status-{resp.status}")
+        headers = _lower_headers(resp)
         length = headers.get("content-length", "")
         if not length.isdigit():
             raise FillFailed("no-length", "response has no Content-Length")
@@ -373,33 +393,33 @@ class Filler:
             else _plain_md5_etag(headers.get("etag"))
         return expected, md5_expected
 
-    def _copy(self, resp: requests.Response, fd: int, expected: int, md5_expected: str | None) -> Iterator[bytes]:
-        """Write the body to ``fd``, yielding each chunk; verify length and MD5 at the end."""
-        digest = hashlib.md5() if md5_expected else None
+    def deadline(self, started: float, expected: int) -> float:
+        """When a fetch of ``expected`` bytes started at ``started`` (monotonic) must be done.
+
+        One S3CACHE_FILL_TIMEOUT of slack plus the time the body takes at
+        S3CACHE_FILL_MIN_RATE: a large object gets all the time it needs at a
+        sane rate, a dripping origin cannot hold a worker for ever.
+        """
+        return started + self.timeout + expected / self.min_rate
+
+    def _read_body(self, resp: urllib3.BaseHTTPResponse, expected: int, started: float) -> Iterator[bytes]:
+        """S3's body as it arrives, exactly ``expected`` bytes in all, before the deadline; FillFailed if not."""
+        deadline = self.deadline(started, expected)
         size = 0
-        with open(fd, "wb", closefd=False, buffering=0) as out:
-            while True:
-                # decode_content=False: cache the bytes S3 stored, gzip or not.
-                chunk = resp.raw.read(CHUNK, decode_content=False)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > expected:
-                    raise FillFailed("length-mismatch", "more bytes than Content-Length")
-                out.write(chunk)
-                if digest:
-                    digest.update(chunk)
-                yield chunk
+        while True:
+            # decode_content=False: cache the bytes S3 stored, gzip or not.
+            chunk = resp.read1(CHUNK, decode_content=False)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > expected:
+                raise FillFailed("length-mismatch", "more bytes than Content-Length")
+            yield chunk
+            if size < expected and time.monotonic() > deadline:
+                raise FillFailed("too-slow", f"{size} of {expected} bytes after {time.monotonic() - started:.0f}s "
+                                             f"(S3CACHE_FILL_MIN_RATE {self.min_rate:g} B/s)")
         if size != expected:
             raise FillFailed("truncated", f"{size} of {expected} bytes")
-        if digest and digest.hexdigest() != md5_expected:
-            raise FillFailed("md5-mismatch", "body does not match the ETag")
-        os.fsync(fd)
-
-    def _copy_all(self, resp: requests.Response, fd: int) -> tuple[dict[str, str], int]:
-        plan = self._check(resp)
-        size = sum(len(chunk) for chunk in self._copy(resp, fd, *plan))
-        return {k.lower(): v for k, v in resp.headers.items()}, size
 
     def _commit(self, ref: ObjectRef, fd: int, tmp: str, final: str, headers: dict[str, str], replace: bool) -> None:
         last_modified = parse_http_date(headers.get("last-modified"))
@@ -460,9 +480,20 @@ class Filler:
             _unlink_quietly(tmp)
             log.warning("cached %s without metadata: %s", ref.name, exc)
 
-# What a fetch can fail with: ours, requests', urllib3's (reading resp.raw: a
-# connection cut mid-body is ProtocolError) and the disk's.
-FILL_ERRORS = (FillFailed, requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+# What a fetch can fail with: ours, the upstream's (sending), reading the body
+# (a connection cut mid-body, a timeout) and the disk's (OSError).
+FILL_ERRORS = (FillFailed, UpstreamError) + READ_ERRORS
+# Failures that are the cache disk's, not S3's: health reports them.
+DISK_REASONS = ("disk-full", "disk-error")
+
+
+@dataclass(frozen=True)
+class DiskFailure:
+    reason: str       # one of DISK_REASONS
+    detail: str
+    needed: int       # bytes the failed fill needed (0: unknown)
+    at: float         # time.time()
 
 
 @dataclass(frozen=True)
@@ -470,6 +501,126 @@ class StreamedMiss:
     status: int
     headers: dict[str, str]
     body: Iterable[bytes]
+
+
+class _CacheFile:
+    """The temp file a fill writes: every byte checked in, MD5 and size checked before it is kept.
+
+    An unbuffered write may write fewer bytes than asked near ENOSPC without
+    raising; only the count it returns tells.  So each write loops on the
+    count, and the file's size on disk is checked after the fsync.
+    """
+
+    def __init__(self, fd: int, expected: int, md5_expected: str | None):
+        self.fd, self.expected, self.md5_expected = fd, expected, md5_expected
+        self.digest = hashlib.md5() if md5_expected else None
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "no byte written")
+                view = view[n:]
+        except OSError as exc:
+            raise FillFailed(_disk_reason(exc), f"writing the temp file: {exc.strerror or exc}") from None
+        self.size += len(chunk)
+        if self.digest:
+            self.digest.update(chunk)
+
+    def finish(self) -> None:
+        if self.size != self.expected:
+            raise FillFailed("truncated", f"{self.size} of {self.expected} bytes")
+        if self.digest and self.digest.hexdigest() != self.md5_expected:
+            raise FillFailed("md5-mismatch", "body does not match the ETag")
+        try:
+            os.fsync(self.fd)
+            on_disk = os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise FillFailed(_disk_reason(exc), f"syncing the temp file: {exc.strerror or exc}") from None
+        if on_disk != self.expected:
+            raise FillFailed("disk-error", f"temp file holds {on_disk} of {self.expected} bytes")
+
+
+class _StreamBody:
+    """The body of a streamed miss: S3's bytes to the client, and to the cache while the disk takes them.
+
+    A failed cache write never cuts the client off: the client gets the
+    whole object, the cache gets nothing.  ``close()`` (the server calls it,
+    also when the client goes away, and even before the first chunk) releases
+    the temp file, its lock and the upstream connection exactly once.
+    """
+
+    def __init__(self, filler: Filler, ref: ObjectRef, resp, fd: int, tmp: str, final: str,
+                 headers: dict[str, str], plan: tuple[int, str | None] | None):
+        self.filler, self.ref, self.resp, self.fd, self.tmp, self.final = filler, ref, resp, fd, tmp, final
+        self.headers, self.plan = headers, plan
+        self._committed = False
+        self._tmp_gone = False  # unlinked early: the path may already be another fill's temp file
+        self._closed = False
+        self._gen: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._gen is None:
+            self._gen = self._chunks()
+        return self._gen
+
+    def _chunks(self) -> Iterator[bytes]:
+        started = time.monotonic()
+        if self.plan is None:  # stream only
+            _unlink_quietly(self.tmp)
+            self._tmp_gone = True
+            try:
+                while chunk := self.resp.read1(CHUNK, decode_content=False):
+                    yield chunk
+            except READ_ERRORS as exc:
+                log.warning("streaming %s cut: %s", self.ref.name, _describe(_failure_reason(exc), exc))
+            return
+        expected, md5 = self.plan
+        out: _CacheFile | None = _CacheFile(self.fd, expected, md5)
+        write_failure: FillFailed | None = None
+        try:
+            for chunk in self.filler._read_body(self.resp, expected, started):
+                if out is not None:
+                    try:
+                        out.write(chunk)
+                    except FillFailed as exc:
+                        write_failure, out = exc, None
+                        _unlink_quietly(self.tmp)  # give the disk its space back at once
+                        self._tmp_gone = True
+                yield chunk
+            if write_failure is not None:
+                raise write_failure
+            out.finish()
+            self.filler._commit(self.ref, self.fd, self.tmp, self.final, self.headers, replace=False)
+            self._committed = True
+            seconds = time.monotonic() - started
+            log.info("streamed and filled %s (%d bytes in %.2fs)", self.ref.name, expected, seconds)
+            self.filler._record(FillResult("filled", bytes=expected, seconds=seconds))
+        except FILL_ERRORS as exc:
+            # The client has had what S3 sent; only the cache declines it.
+            exc.needed = expected
+            self.filler._record(self.filler._failed(self.ref, exc, None if self._tmp_gone else self.tmp))
+            self._tmp_gone = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._gen is not None:
+                self._gen.close()
+        finally:
+            if not self._committed and not self._tmp_gone:
+                _unlink_quietly(self.tmp)
+            os.close(self.fd)
+            self.resp.close()
+
+
+def _lower_headers(resp) -> dict[str, str]:
+    return {k.lower(): v for k, v in resp.headers.items()}
 
 
 def _client_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -480,18 +631,36 @@ def _client_headers(headers: dict[str, str]) -> dict[str, str]:
             for k, v in keep.items()}
 
 
+def _relayed_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The headers of a non-200 S3 answer relayed to a streamed miss's client: its redirect and error
+    document as S3 sent them (a region redirect is useless without its Location)."""
+    relayed = _client_headers(headers)
+    for name in ("location", "x-amz-bucket-region", "x-amz-request-id", "x-amz-id-2"):
+        if name in headers:
+            relayed[name.title() if name == "location" else name] = headers[name]
+    return relayed
+
+
 def _describe(reason: str, exc: BaseException) -> str:
-    """The reason, then the detail unless it only repeats the reason."""
-    detail = str(exc)
+    """The reason, then the detail unless it only repeats the reason; never a signature."""
+    detail = redact(str(exc))
     return detail if detail == reason or detail.startswith(reason + ":") else f"{reason}: {detail}"
+
+
+def _disk_reason(exc: OSError) -> str:
+    return "disk-full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "disk-error"
 
 
 def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, FillFailed):
         return exc.reason
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+    if isinstance(exc, Unsendable):
+        return "unsendable"
+    if is_timeout(exc):
         return "timeout"
-    if isinstance(exc, urllib3.exceptions.ProtocolError):
+    if isinstance(exc, Unreachable):
+        return "unreachable"
+    if isinstance(exc, (urllib3.exceptions.ProtocolError, http.client.IncompleteRead)):
         return "truncated"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "disk-full"

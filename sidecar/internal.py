@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 
-import requests
 from flask import Blueprint, Response, request
 
 from s3cache import wire
@@ -33,6 +32,7 @@ from sidecar.access import HitRequest, check_hit
 from sidecar.fill import Filler
 from sidecar.s3errors import error_response
 from sidecar.status import Status
+from sidecar.upstream import Upstream
 
 ROUTED = frozenset({*wire.PAGE_PATHS, wire.METRICS_PATH, wire.STATS_PATH, wire.HEALTH_PATH, wire.AUTH_PATH})
 # Flask routes need a list of methods; any other method gets the unknown endpoint's 404.
@@ -62,7 +62,7 @@ def _no_store(resp: Response) -> Response:
 
 
 def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
-              upstream: requests.Session) -> Blueprint:
+              upstream: Upstream) -> Blueprint:
     bp = Blueprint("internal", __name__)
 
     @bp.before_request

@@ -3,6 +3,8 @@
 Plain functions of the request (method, raw URI, headers) and the config, so
 the rules are testable without HTTP.  The redirect target is the upstream URL
 byte for byte: presigned signatures cover the path and query exactly as sent.
+A fill sends that same target byte for byte (``sidecar.upstream``), so only a
+target that can go out unchanged is ever filled.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Mapping
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.addressing import Resolved
+from sidecar.upstream import sendable_url
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ def plan_resolved(method: str, resolved: Resolved, headers: Mapping[str, str], c
         return redirect_only(f"method {method}")
     if not parsed.key:
         return redirect_only("bucket-level request")
+    if not sendable_url(location):
+        # The fetch must name the very key the file is stored under: a target
+        # HTTP cannot carry unchanged (raw non-ASCII, space, control bytes) is
+        # left to the client and S3.
+        return redirect_only("request target cannot be sent to S3 unchanged")
     if parsed.literal_plus:
         return redirect_only("raw '+' in path (S3 may read it as a space)")
     if parsed.subresources:

@@ -55,7 +55,8 @@ def warm_one(job: Job, config: Config, layout: Layout, filler: Filler) -> FillRe
 def warm(jobs: list[Job], config: Config, parallel: int, out: TextIO = sys.stdout, progress: bool = True) -> int:
     layout = Layout(config.dir)
     layout.ensure()
-    filler = Filler(layout, workers=1, timeout=config.fill_timeout, max_object_bytes=config.max_object_bytes)
+    filler = Filler(layout, workers=1, timeout=config.fill_timeout, max_object_bytes=config.max_object_bytes,
+                    min_rate=config.fill_min_rate)
     outcomes: Counter[str] = Counter()
     failures: dict[str, list[int]] = defaultdict(list)
     filled_bytes = 0

@@ -36,6 +36,10 @@ def test_location_is_upstream_plus_the_raw_uri_byte_for_byte(cfg):
     ("/bkt/a//b", "GET", {}, "uncacheable key"),
     ("/bkt/a/%2E%2E/b", "GET", {}, "uncacheable key"),
     ("/bkt/dir/", "GET", {}, "uncacheable key"),
+    # Targets a fetch cannot send unchanged (issue 12 item 2): the fill would store a look-alike key.
+    ("/bkt/\xc3\xa9", "GET", {}, "cannot be sent to S3 unchanged"),
+    ("/bkt/a#b", "GET", {}, "cannot be sent to S3 unchanged"),
+    ("/bkt/key?x=\xff", "GET", {}, "cannot be sent to S3 unchanged"),
 ])
 def test_redirect_only(cfg, uri, method, headers, why):
     p = plan(cfg, uri, method, headers)

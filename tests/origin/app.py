@@ -30,7 +30,7 @@ from .credentials import ADMIN_ACCESS_KEY, CREDENTIALS, PUBLIC_BUCKET_PREFIX, RE
 from .state import Fault, Faults, Stats
 
 CONTROL_PREFIX = "/_origin/"
-_REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+_REASONS = {200: "OK", 301: "Moved Permanently", 307: "Temporary Redirect", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 _ANONYMOUS_STAND_IN = (f"AWS4-HMAC-SHA256 Credential={ADMIN_ACCESS_KEY}/20000101/{REGION}/s3/aws4_request, "
                        "SignedHeaders=host, Signature=0")
@@ -170,7 +170,8 @@ class OriginApp:
             self.stats.update(record, fault=fault.kind)
             if fault.kind == "status":
                 code, message = _STATUS_FAULT_CODES.get(fault.status, ("InjectedFault", "Injected fault"))
-                return self._respond(start_response, record, fault.status, error_xml(code, message), method)
+                extra = [("Location", fault.location)] if fault.location else []
+                return self._respond(start_response, record, fault.status, error_xml(code, message), method, extra)
         return self._forward(environ, start_response, record, method, headers, fault)
 
     # --- policy -----------------------------------------------------------
@@ -192,8 +193,8 @@ class OriginApp:
     # --- responses --------------------------------------------------------
 
     def _respond(self, start_response: Callable, record: dict[str, Any], status: int,
-                 body: bytes, method: str) -> list[bytes]:
-        headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+                 body: bytes, method: str, extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+        headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))] + (extra or [])
         start_response(_status_line(status), headers)
         sent = b"" if method == "HEAD" else body
         self.stats.update(record, status=status, bytes=len(sent))

@@ -60,6 +60,7 @@ class Fault:
     once: bool = False
     bytes_per_sec: int = 1024
     status: int = 500
+    location: str = ""  # kind "status": a Location header to send (S3's 301/307 region redirects)
 
     @classmethod
     def from_json(cls, data: Any) -> "Fault":
@@ -77,7 +78,10 @@ class Fault:
             raise ValueError("bytes_per_sec must be a positive integer")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise ValueError("status must be an HTTP status code")
-        return cls(path, kind, bool(data.get("once", False)), bps, status)
+        location = data.get("location", "")
+        if not isinstance(location, str):
+            raise ValueError("location must be a string")
+        return cls(path, kind, bool(data.get("once", False)), bps, status, location)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
