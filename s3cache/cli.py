@@ -236,6 +236,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     caddyfile = Path(args.caddyfile or (FRONT_CADDYFILE if args.front else DEFAULT_CADDYFILE))
     if not caddyfile.is_file():
         raise ConfigError(f"--caddyfile: {caddyfile} does not exist")
+    # A reload asked for before the supervisor listens for it must not kill us (SIGUSR1's default).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     layout = Layout(config.dir)
     lock = lock_cache_dir(layout, front=args.front)  # noqa: F841 -- held until we exit
     check_port_free("S3CACHE_LISTEN", config.listen)
@@ -249,24 +251,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         parts = build_parts(config, env, caddyfile)
         print("\n".join(banner(config, env_file)), flush=True)
+        env_path = os.path.abspath(env_file) if env_file else None
+        current = config
 
         def reload_parts() -> list[Part]:
-            """The parts for the env file as it is now; the cache directory and the addresses are re-checked."""
-            new_env = load_environment(env_file and os.path.join(start_dir, env_file), base)
+            """The parts for the env file as it is now, with the first environment; checked before any restart."""
+            nonlocal current
+            new_env = load_environment(env_path, base)
             new = Config.from_env(new_env)
-            if os.path.abspath(new.dir) != os.path.abspath(config.dir):
+            if new.dir != current.dir:
                 raise ConfigError("S3CACHE_DIR: cannot change on reload (stop and start s3cache up)")
-            current = Config.from_env(parts_env[0])
             if new.listen != current.listen:
                 check_port_free("S3CACHE_LISTEN", new.listen)
             if new.sidecar_listen != current.sidecar_listen:
                 check_port_free("S3CACHE_SIDECAR_LISTEN", new.sidecar_listen)
             fresh = build_parts(new, new_env, caddyfile)
-            parts_env[0] = new_env
+            current = new
             return fresh
 
-        parts_env = [env]
-        start_dir = os.getcwd()
     # A front sharing a machine (and S3CACHE_DIR) with a node must not overwrite the node's parts.json.
     status = str(layout.front_parts_file if args.front else layout.parts_file)
     return Supervisor(parts, status_file=status, reload_parts=reload_parts).run()
