@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: install run test test-deploy bench clean
+.PHONY: install install-dev run test test-deploy bench clean
 
 # What running needs: the runtime pins and s3cache itself (console script .venv/bin/s3cache).
 install: $(STAMP)
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PIP) --quiet -r requirements.txt
 	$(PIP) --quiet --no-deps -e .
 	touch $(STAMP)
+
+# The runtime plus the test and deployment tools (what `make test` and bench/run need).
+install-dev: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP) requirements-dev.txt requirements-deploy.txt
 	@echo "make: installing the test and deployment tools (requirements-dev.txt, requirements-deploy.txt) into $(VENV) ..."
