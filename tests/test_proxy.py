@@ -346,16 +346,17 @@ def test_sidecar_killed_mid_fetch_leaves_nothing_served_and_the_next_miss_fetche
                what="a partial temp file")
     os.kill(stack.part_pid("sidecar"), signal.SIGKILL)
     origin.clear_faults()
+    origin.reset()
     # The partial body is never served: Caddy only looks in objects/.
     assert not stack.object_file(BUCKET, key).exists()
+    # Caddy waits a few seconds for the restarted sidecar (lb_try_duration): a miss (or a 502), never the partial body.
     r = stack.get(url)
     assert r.headers.get("X-Cache") != "HIT"
     assert r.content != body[:len(r.content)] or not r.content
-    # The supervisor restarts the sidecar; the next miss fetches again and completes.
+    # The supervisor restarts the sidecar; the next miss fetches again and completes, once.
     wait_until(lambda: "restarting" in stack.log_text(), what="the supervisor to notice")
     stack.wait_healthy()
-    origin.reset()
-    assert stack.get(url).headers["X-Cache"] == "MISS"
+    stack.get(url)
     stack.wait_cached(BUCKET, key)
     assert origin_gets(origin, f"/{key}") == 1
     assert stack.get(url).content == body
