@@ -66,7 +66,7 @@ class Stack:
 
     def start(self, timeout: float = 20.0) -> "Stack":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up"], env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up"], env=self.env, cwd=self.workdir, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.wait_healthy(timeout)
         return self
@@ -169,7 +169,7 @@ class FrontStack(Stack):
 
     def start(self, timeout: float = 20.0) -> "FrontStack":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--front"], env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--front"], env=self.env, cwd=self.workdir, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.wait_healthy(timeout)
         return self
