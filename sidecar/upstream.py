@@ -11,6 +11,9 @@
   redirects the client to S3 instead of fetching for it.
 - Keep-alive connection pools per upstream host (virtual-hosted buckets each
   have their own host).
+- An egress proxy from the standard ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
+  variables is used as ``requests`` would: an http upstream gets the
+  absolute-form target (still byte for byte), an https one a CONNECT tunnel.
 - Errors come in two kinds, and only two: ``Unreachable`` (S3 could not be
   reached: no connection, a timeout, the connection cut, a response that is
   not HTTP) and ``Unsendable`` (the client's request cannot be sent as it is:
@@ -23,6 +26,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import urllib.request
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -158,7 +162,35 @@ class Upstream:
         self._manager = urllib3.PoolManager(num_pools=MAX_POOLS, maxsize=maxsize, block=False,
                                             ca_certs=certifi.where())
         self._manager.pool_classes_by_scheme = {"http": _ExactHTTPPool, "https": _ExactHTTPSPool}
+        self._maxsize = maxsize
+        self._proxies = urllib.request.getproxies_environment()  # read once, like the rest of the config
+        self._proxy_managers: dict[str, urllib3.ProxyManager] = {}
         self._lock = threading.Lock()
+
+    def _proxy_for(self, target: "Target") -> str | None:
+        proxy = self._proxies.get(target.scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(target.host, self._proxies):
+            return None
+        return proxy
+
+    def _pool(self, target: "Target") -> tuple[object, str, dict[str, str]]:
+        """The pool to send on, the request target to send, and headers the proxy needs (under the lock)."""
+        proxy = self._proxy_for(target)
+        if proxy is None:
+            return self._manager.connection_from_host(target.host, target.port, target.scheme), target.target, {}
+        manager = self._proxy_managers.get(proxy)
+        if manager is None:
+            parsed = urllib3.util.parse_url(proxy)
+            auth = urllib3.util.make_headers(proxy_basic_auth=parsed.auth) if parsed.auth else {}
+            manager = urllib3.ProxyManager(proxy, num_pools=MAX_POOLS, maxsize=self._maxsize, block=False,
+                                           ca_certs=certifi.where(), proxy_headers=auth)
+            manager.pool_classes_by_scheme = {"http": _ExactHTTPPool, "https": _ExactHTTPSPool}
+            self._proxy_managers[proxy] = manager
+        pool = manager.connection_from_host(target.host, target.port, target.scheme)
+        if target.scheme == "https":  # a CONNECT tunnel: the target is the origin-form one, as without a proxy
+            return pool, target.target, {}
+        # Plain HTTP through a proxy: the absolute form, the client's bytes after the authority.
+        return pool, f"http://{target.netloc}{target.target}", dict(manager.proxy_headers)
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None, *,
                 connect_timeout: float, read_timeout: float) -> urllib3.BaseHTTPResponse:
@@ -177,9 +209,11 @@ class Upstream:
         for name, value in (headers or {}).items():
             sent[name] = value
         with self._lock:
-            pool = self._manager.connection_from_host(target.host, target.port, target.scheme)
+            pool, request_target, proxy_headers = self._pool(target)
+        for name, value in proxy_headers.items():
+            sent[name] = value
         try:
-            return pool.send_exact(method, target.target, sent, Timeout(connect=connect_timeout, read=read_timeout))
+            return pool.send_exact(method, request_target, sent, Timeout(connect=connect_timeout, read=read_timeout))
         except UpstreamError:
             raise
         except (ValueError, TypeError) as exc:  # http.client refusing something we were asked to send
@@ -189,6 +223,8 @@ class Upstream:
 
     def close(self) -> None:
         self._manager.clear()
+        for manager in self._proxy_managers.values():
+            manager.clear()
 
 
 def describe(exc: BaseException) -> str:

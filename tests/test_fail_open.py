@@ -50,8 +50,9 @@ def client(cached, origin):
 
 
 def auth(client, query: str, headers: dict[str, str]):
+    # What Caddy sends with a hit on objects/<BUCKET>/<KEY> (the served-file check is not under test here).
     sent = {**headers, "X-S3cache-Uri": f"/{BUCKET}/{KEY}" + (f"?{query}" if query else ""),
-            "X-Forwarded-Method": "GET"}
+            "X-Forwarded-Method": "GET", "X-S3cache-Served": f"/{BUCKET}/{KEY}|"}
     return client.get("/_s3cache/auth", headers=sent)
 
 
@@ -63,7 +64,7 @@ def served(resp) -> bool:
 # Names and values as WSGI holds them (latin-1 text), minus what no HTTP server passes on (CR, LF).
 _LATIN1 = st.characters(min_codepoint=0x01, max_codepoint=0xFF, blacklist_characters="\r\n")
 _RESERVED = ("content-length", "content-type", "transfer-encoding", "host", "x-s3cache-uri",
-             "x-s3cache-host", "x-forwarded-method", "x-forwarded-uri", "connection", "expect")
+             "x-s3cache-host", "x-s3cache-served", "x-forwarded-method", "x-forwarded-uri", "connection", "expect")
 _NAMES = st.one_of(st.text(alphabet=_LATIN1, min_size=1, max_size=12),
                    st.sampled_from(["x-amz-date", "x-amz-meta-a", "range", "if-match", "x-a", "X-Ä", "x a",
                                     "x:y", "x-\xff", "user-agent"]))
