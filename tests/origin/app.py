@@ -144,6 +144,11 @@ class OriginApp:
             raw_path = f"/{vhost_bucket}{raw_path}"
             environ["PATH_INFO"] = f"/{vhost_bucket}{environ.get('PATH_INFO', '')}"
             environ["HTTP_HOST"] = environ["HTTP_HOST"].split(".", 1)[1]  # moto sees path-style
+        # S3 reads a path-style bucket name decoded ("/v%69c-bucket/k" is bucket "vic-bucket"); moto takes
+        # the segment literally and answers NoSuchBucket, so the bucket goes to moto decoded.
+        bucket_raw, slash, rest = raw_path[1:].partition("/")
+        if "%" in bucket_raw:
+            raw_path = "/" + unquote(bucket_raw, errors="replace") + slash + rest
         # moto reads RAW_URI (set by werkzeug/gunicorn, not waitress) to get
         # the undecoded key; without it it decodes PATH_INFO a second time
         # and mangles keys containing '%'. S3 reads a literal '+' in the path
