@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from typing import Callable
 
 import pytest
 
@@ -69,19 +70,39 @@ def test_a_named_temp_file_is_used_and_gone_afterwards(tmp_path):
     assert seen == [str(temp)] and target.read_text() == "record" and not temp.exists()
 
 
+def read_while_writing(whole: Callable[[], bool], writers: list[Callable[[], None]]) -> tuple[int, int]:
+    """Run each writer in a thread of its own, and ``whole`` (did a read find a whole file?) in a loop meanwhile.
+
+    Returns (reads, reads that found less than a whole file); at least one read happens.
+    """
+    done = threading.Event()
+    counts = [0, 0]
+
+    def reader():
+        while True:
+            last = done.is_set()
+            counts[0] += 1
+            counts[1] += not whole()
+            if last:
+                return
+
+    r = threading.Thread(target=reader)
+    r.start()
+    threads = [threading.Thread(target=w) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    r.join()
+    return counts[0], counts[1]
+
+
 def test_readers_see_the_old_file_or_the_new_never_half_even_with_writers_in_several_threads(tmp_path):
     target = tmp_path / "state"
     contents = ["a" * BIG, "b" * (BIG // 2)]
     atomic.write(target, contents[0])
-    done = threading.Event()
-    reads, bad, failures = [0], [], []
-
-    def reader():
-        while not done.is_set():
-            text = target.read_text()
-            reads[0] += 1
-            if text not in contents:
-                bad.append(len(text))
+    failures = []
 
     def writer(n):
         try:
@@ -90,14 +111,7 @@ def test_readers_see_the_old_file_or_the_new_never_half_even_with_writers_in_sev
         except Exception as exc:  # a temp name shared between threads shows up here
             failures.append(exc)
 
-    r = threading.Thread(target=reader)
-    r.start()
-    writers = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join()
-    done.set()
-    r.join()
-    assert reads[0] > 0 and not bad and not failures
+    reads, half = read_while_writing(lambda: target.read_text() in contents,
+                                     [lambda n=n: writer(n) for n in range(3)])
+    assert not half and not failures, f"{half} of {reads} reads found half a file; {failures}"
     assert os.listdir(tmp_path) == ["state"]

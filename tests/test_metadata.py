@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
 
 from s3cache import metadata
 from s3cache.layout import Layout, ObjectRef
+from tests.test_atomic import read_while_writing
 
 REF = ObjectRef("bkt", "dir/é.txt")
 # A record exactly as fills have written it since the format began: existing caches hold these bytes.
@@ -86,28 +86,12 @@ def test_concurrent_validations_never_show_a_reader_half_a_record(layout):
     padded = json.loads(RECORD)
     padded["headers"]["x-amz-meta-pad"] = "p" * 200_000  # big enough that a write is not one syscall
     path.write_text(json.dumps(padded, ensure_ascii=False), encoding="utf-8")
-    done = threading.Event()
-    reads, bad = [0], []
-
-    def reader():
-        while not done.is_set():
-            if metadata.read(layout, REF) is None:
-                bad.append(reads[0])
-            reads[0] += 1
 
     def validator():
         for i in range(100):
             metadata.mark_validated(layout, REF, now=float(i))
 
-    r = threading.Thread(target=reader)
-    r.start()
-    validators = [threading.Thread(target=validator) for _ in range(4)]
-    for v in validators:
-        v.start()
-    for v in validators:
-        v.join()
-    done.set()
-    r.join()
-    assert reads[0] > 0 and not bad, f"{len(bad)} of {reads[0]} reads found half a record"
+    reads, half = read_while_writing(lambda: metadata.read(layout, REF) is not None, [validator] * 4)
+    assert not half, f"{half} of {reads} reads found half a record"
     assert metadata.load_headers(layout, REF)["x-amz-meta-pad"] == "p" * 200_000
     assert not os.listdir(layout.tmp_dir)
