@@ -19,8 +19,8 @@ import os
 import stat as stat_mod
 from dataclasses import asdict, dataclass, field
 
-from evictor.report import Errors, write_atomic
-from s3cache import accesslog
+from evictor.report import Errors
+from s3cache import accesslog, atomic
 from s3cache.accesslog import Position
 from s3cache.layout import Layout
 from s3cache.addressing import Addressing
@@ -45,7 +45,7 @@ def load_cursor(layout: Layout) -> Cursor | None:
 
 
 def save_cursor(layout: Layout, cursor: Cursor) -> None:
-    write_atomic(cursor_path(layout), json.dumps(asdict(cursor)))
+    atomic.write(cursor_path(layout), json.dumps(asdict(cursor)))
 
 
 # -- one line ----------------------------------------------------------------------

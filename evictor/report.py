@@ -2,15 +2,15 @@
 
 ``sidecar/health.py`` reads ``finished_at`` from ``evictor.json``; the status
 page will read the last passes from the ``.jsonl``.  Both are replaced
-atomically (temp file + ``os.replace``) so a reader never sees half a file.
+whole (s3cache/atomic.py) so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
+from s3cache import atomic
 from s3cache.layout import Layout
 
 KEEP_PASSES = 100
@@ -85,25 +85,10 @@ class PassSummary:
         return asdict(self)
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``path`` whole or not at all (temp file + ``os.replace``); no temp file is left behind."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_pass(layout: Layout, summary: PassSummary) -> None:
     """``run/evictor.json`` (the last pass) and the last ``KEEP_PASSES`` lines of ``run/evictor-passes.jsonl``."""
     record = json.dumps(summary.record(), ensure_ascii=True)
-    write_atomic(str(layout.evictor_status_file), record + "\n")
+    atomic.write(layout.evictor_status_file, record + "\n")
     passes = str(layout.evictor_passes_file)
     try:
         with open(passes, encoding="utf-8", errors="replace") as fh:
@@ -111,4 +96,4 @@ def write_pass(layout: Layout, summary: PassSummary) -> None:
     except FileNotFoundError:
         lines = []
     lines.append(record)
-    write_atomic(passes, "\n".join(lines[-KEEP_PASSES:]) + "\n")
+    atomic.write(passes, "\n".join(lines[-KEEP_PASSES:]) + "\n")

@@ -5,7 +5,7 @@ module hands it, the sidecar's fills, the evictor) goes through here.
 
     S3CACHE_DIR/
       objects/<bucket>/<key>   complete objects only; the tree Caddy serves
-      meta/<bucket>/<key>      JSON metadata (ETag, Content-Type, ...), never served
+      meta/<bucket>/<key>      JSON metadata (ETag, Content-Type, ...; s3cache/metadata.py), never served
       marks/headers/<bucket>/<key>  empty: the object has S3 headers Caddy's file_server cannot
                                send itself (sidecar/hit_headers.py); open-mode hits of it ask the sidecar
       marks/octet/<bucket>/<key>    empty: its Content-Type is S3's default binary/octet-stream and

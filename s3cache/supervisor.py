@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from s3cache import atomic
+
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 # A part that stayed up this long is considered healthy again: backoff resets.
@@ -317,11 +319,9 @@ class Supervisor:
             state = "stopped" if stopping else ("running" if p.proc is not None else "restarting")
             parts[p.name] = {"status": state, "pid": p.proc.pid if p.proc else None,
                              "restarts": p.restarts, "last_exit": p.last_exit}
-        tmp = f"{self.status_file}.{os.getpid()}.tmp"
+        status = {"supervisor_pid": os.getpid(), "updated_at": time.time(), "parts": parts,
+                  "reloads": self.reloads, "last_reload": self.last_reload}
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"supervisor_pid": os.getpid(), "updated_at": time.time(), "parts": parts,
-                           "reloads": self.reloads, "last_reload": self.last_reload}, fh)
-            os.replace(tmp, self.status_file)
+            atomic.write(self.status_file, json.dumps(status))
         except OSError as exc:  # a full or vanished cache disk must not take the supervisor down
             self.say("s3cache", f"cannot write {self.status_file}: {exc.strerror}")

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 
 from flask import Response
 
+from s3cache import metadata
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
@@ -83,7 +84,7 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
         return deny(404, "NoSuchKey", "The specified key does not exist.")
     if told is not None:
         hit_headers.record(layout, ref, told, hit.raw_query)
-    result = hit_headers.answer(hit.method, hit.headers, hit_headers.load_meta(layout, ref),
+    result = hit_headers.answer(hit.method, hit.headers, metadata.load_headers(layout, ref),
                                 hit.raw_query if overrides else "", mtime)
     resp = Response(status=result.status)
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
@@ -135,7 +136,7 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
-    etag = hit_headers.load_meta(layout, ref).get("etag")
+    etag = metadata.load_headers(layout, ref).get("etag")
     if etag:
         return {"If-None-Match": etag}
     # No metadata: the file's mtime is S3's Last-Modified.
@@ -188,7 +189,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         status = resp.status
         if status == 304:
             if config.ttl is not None:
-                freshness.mark_validated(layout, ref)
+                metadata.mark_validated(layout, ref)
             return allow(hit, ref, layout, told=resp.headers)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:

@@ -12,7 +12,8 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    ``Content-Length`` and, for a plain-MD5 ETag, whose MD5 matches, is kept,
    and only once the file on disk holds exactly that many bytes.
 3. The object is renamed into ``objects/`` atomically (Caddy sees either
-   nothing or the whole file), then its metadata is written to ``meta/``.
+   nothing or the whole file), then its metadata is written to ``meta/``
+   (s3cache/metadata.py).
 
 The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
 as the client sent it), and the whole fetch has a deadline derived from its
@@ -28,7 +29,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -42,6 +42,7 @@ import http.client
 
 import urllib3
 
+from s3cache import metadata
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.redact import redact
@@ -59,14 +60,6 @@ QUEUE_WARNING_INTERVAL = 10.0
 MAX_RELAYED_BODY = 64 * 1024
 # Bytes/s a fill must average (S3CACHE_FILL_MIN_RATE's default): see Filler.deadline.
 DEFAULT_MIN_RATE = 64 * 1024
-
-# Response headers worth keeping: what a hit should answer with (S3 fidelity).
-# Only the object's own are stored: the fill leaves out what the URL's response-* overrode.
-KEPT_HEADERS = (
-    "content-type", "content-encoding", "content-disposition", "content-language",
-    "cache-control", "expires", "etag", "last-modified", "x-amz-version-id",
-    "x-amz-server-side-encryption", "x-amz-storage-class",
-)
 
 
 class FillFailed(Exception):
@@ -429,7 +422,7 @@ class Filler:
             # Old metadata goes first: a revalidation racing this swap then
             # falls back to If-Modified-Since and sees a change, never an
             # old body under the new ETag.
-            _unlink_quietly(str(self.layout.meta_path(ref)))
+            metadata.forget(self.layout, ref)
         # The object's mark goes in before the object, so that no open-mode hit serves it without its
         # headers; marks of another kind (a replaced object's) go after.
         kind = hit_headers.mark_kind(ref.key, headers)
@@ -464,20 +457,9 @@ class Filler:
 
     def _write_meta(self, ref: ObjectRef, headers: dict[str, str], size: int) -> None:
         """Best effort: an object without metadata is still served and revalidated (by mtime)."""
-        meta = {
-            "bucket": ref.bucket,
-            "key": ref.key,
-            "size": size,
-            "fetched_at": time.time(),
-            "headers": {k: v for k, v in headers.items() if k in KEPT_HEADERS or k.startswith("x-amz-meta-")},
-        }
-        tmp = str(self.layout.meta_temp_path(ref))
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, ensure_ascii=False)
-            _rename_into(tmp, str(self.layout.meta_path(ref)))
+            metadata.write_fill(self.layout, ref, headers, size, install=_rename_into)
         except (OSError, FillFailed) as exc:
-            _unlink_quietly(tmp)
             log.warning("cached %s without metadata: %s", ref.name, exc)
 
 
@@ -625,8 +607,7 @@ def _lower_headers(resp) -> dict[str, str]:
 
 def _client_headers(headers: dict[str, str]) -> dict[str, str]:
     """S3's response headers worth passing to the client of a streamed miss."""
-    keep = {k: v for k, v in headers.items()
-            if k in KEPT_HEADERS or k.startswith("x-amz-meta-") or k in ("content-length", "accept-ranges")}
+    keep = {k: v for k, v in headers.items() if metadata.kept(k) or k in ("content-length", "accept-ranges")}
     return {"-".join(p.capitalize() for p in k.split("-")) if not k.startswith("x-amz") else k: v
             for k, v in keep.items()}
 

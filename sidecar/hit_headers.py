@@ -23,13 +23,12 @@ override it tells it (``record``).
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import parse_qsl
 
+from s3cache import metadata
 from s3cache.httpdate import format_http_date, parse_http_date
 from s3cache.layout import Layout, ObjectRef
 
@@ -60,14 +59,6 @@ RANGE = "X-S3cache-Range"
 class HitAnswer:
     status: int                                   # 204: serve the file; 304 / 412: answer with this
     headers: dict[str, str] = field(default_factory=dict)
-
-
-def load_meta(layout: Layout, ref: ObjectRef) -> dict:
-    try:
-        with open(layout.meta_path(ref), encoding="utf-8") as fh:
-            return json.load(fh).get("headers", {})
-    except (OSError, ValueError):
-        return {}
 
 
 def overridden(raw_query: str) -> set[str]:
@@ -145,72 +136,12 @@ def record(layout: Layout, ref: ObjectRef, response_headers: Mapping[str, str], 
     """Add to the stored headers what S3 just told about the object (a 304, or a 200 of the same ETag).
 
     Only headers this URL did not override, and only when the response names
-    the stored ETag: then it is the same object.  Under the object's fill lock,
-    so a refresh cannot be overwritten with the old object's headers.  Best effort.
+    the stored ETag: then it is the same object (s3cache/metadata.add_headers
+    says under which lock).  Best effort.
     """
     told = {k: v for k, v in object_headers(response_headers, raw_query).items() if _own(k) and k != "etag"}
     etag = {k.lower(): v for k, v in response_headers.items()}.get("etag")
-
-    def news(meta: dict | None) -> dict | None:
-        stored = (meta or {}).get("headers", {})
-        if not etag or etag != stored.get("etag") or all(stored.get(k) == v for k, v in told.items()):
-            return None
-        return {**stored, **told}
-
-    path = layout.meta_path(ref)
-    if news(_read_json(path)) is None:
-        return  # the usual case, on every revalidated hit: nothing new, no lock taken
-    lock = _take_fill_lock(str(layout.temp_path(ref)))
-    if lock is None:
-        return  # a fill of this object is running: what it writes is newer than what we know
-    tmp = str(layout.meta_temp_path(ref))  # the fill lock's holder owns it
-    try:
-        meta = _read_json(path)  # again, under the lock
-        headers = news(meta)
-        if meta is None or headers is None:
-            return
-        meta["headers"] = headers
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, ensure_ascii=False)
-        os.rename(tmp, path)
-    except OSError:
-        _unlink_quietly(tmp)
-    finally:
-        _unlink_quietly(str(layout.temp_path(ref)))  # ours while we hold the lock, as in a fill
-        os.close(lock)
-
-
-def _read_json(path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _take_fill_lock(path: str) -> int | None:
-    """The fill lock of sidecar/fill.py (flock on the temp file), if free and still that file."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.stat(path)
-        if (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev):
-            return fd
-    except OSError:  # BlockingIOError: a fill holds it; FileNotFoundError: swept meanwhile
-        pass
-    os.close(fd)
-    return None
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    metadata.add_headers(layout, ref, told, etag)
 
 
 def _etags(value: str) -> list[str]:

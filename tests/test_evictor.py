@@ -562,20 +562,7 @@ def test_a_full_disk_that_refuses_state_writes_still_gets_its_eviction(cache, mo
 
     def enospc(*_a, **_k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("evictor.report.write_atomic", enospc)
-    monkeypatch.setattr("evictor.accesslog.write_atomic", enospc)
+    monkeypatch.setattr("s3cache.atomic.write", enospc)
     s = cache.run(S3CACHE_MAX_BYTES="5000")
     assert s.evicted_files == 2 and cache.has("k0") and not cache.has("k1")
     assert s.errors == 2 and "No space left on device" in s.line()
-
-
-def test_state_files_are_written_whole_or_not_at_all(cache, monkeypatch):
-    target = cache.layout.run_dir / "evictor.json"
-    report.write_atomic(str(target), "old")
-
-    def replace_fails(*_a):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(os, "replace", replace_fails)
-    with pytest.raises(OSError):
-        report.write_atomic(str(target), "new")
-    assert target.read_text() == "old" and not any(cache.layout.run_dir.glob("*.tmp"))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from evictor.policy import FsUsage
 from evictor.run import run_pass
+from s3cache import metadata
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
 from sidecar import hit_headers
@@ -68,7 +69,7 @@ def test_a_response_naming_the_stored_etag_tells_the_headers_it_did_not_override
     # A revalidation through a URL that overrides Content-Encoding: only Content-Type is learnt.
     told = {"ETag": OWN["etag"], "Content-Type": OWN["content-type"], "Content-Encoding": "br"}
     hit_headers.record(layout, ref, told, "response-content-encoding=br")
-    got = hit_headers.load_meta(layout, ref)
+    got = metadata.load_headers(layout, ref)
     assert got["content-type"] == OWN["content-type"] and "content-encoding" not in got
     assert not [p for p in layout.tmp_dir.iterdir()]  # nothing left behind
 
@@ -77,7 +78,7 @@ def test_a_response_for_another_etag_tells_nothing(tmp_path):
     stored = {"etag": OWN["etag"]}
     layout, ref = _layout_with_meta(tmp_path, stored)
     hit_headers.record(layout, ref, {"ETag": '"other"', "Content-Type": "text/html"}, "")
-    assert hit_headers.load_meta(layout, ref) == stored
+    assert metadata.load_headers(layout, ref) == stored
 
 
 def test_only_objects_whose_headers_file_server_cannot_send_are_marked():
@@ -125,6 +126,6 @@ def test_nothing_is_recorded_while_a_fill_of_the_object_runs(tmp_path):
     with open(layout.temp_path(ref), "w") as part:
         fcntl.flock(part, fcntl.LOCK_EX)  # a fill (refresh) holds the object
         hit_headers.record(layout, ref, {"ETag": OWN["etag"], "Content-Type": "image/png"}, "")
-        assert hit_headers.load_meta(layout, ref) == stored
+        assert metadata.load_headers(layout, ref) == stored
     hit_headers.record(layout, ref, {"ETag": OWN["etag"], "Content-Type": "image/png"}, "")
-    assert hit_headers.load_meta(layout, ref) == {**stored, "content-type": "image/png"}
+    assert metadata.load_headers(layout, ref) == {**stored, "content-type": "image/png"}
