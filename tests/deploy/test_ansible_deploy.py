@@ -16,7 +16,7 @@ import pytest
 import requests
 from botocore.config import Config as BotoConfig
 
-from s3cache.cli import caddy_environment
+from commands.up import caddy_environment
 from s3cache.config import Config
 from s3cache.layout import Layout
 from tests.deploy.ansible import recap, run, tool

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from s3cache.config import Config, ConfigError, HostPort, read_env_file
 from s3cache.layout import Layout
-from s3cache.supervisor import Part, Supervisor
+from commands.supervisor import Part, Supervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CADDYFILE = PROJECT_ROOT / "Caddyfile"
@@ -304,14 +304,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_evict(args: argparse.Namespace) -> int:
-    from evictor.cli import run_once  # imported late: only this subcommand needs it
+    from commands.evict import run_once  # imported late: only this subcommand needs it
 
     config = load_config(args)
     return run_once(config, dry_run=args.dry_run)
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from sidecar.warm import read_urls, warm  # imported late: only this subcommand needs it
+    from commands.warm import read_urls, warm  # imported late: only this subcommand needs it
 
     config = load_config(args)
     if args.parallel < 1:
@@ -325,7 +325,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from s3cache.stats import StatsUnavailable, run  # imported late: only this subcommand needs it
+    from commands.stats import StatsUnavailable, run  # imported late: only this subcommand needs it
 
     config = load_config(args)
     try:
