@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from s3cache import supervisor as sup
+from commands import supervisor as sup
 from commands.supervisor import Part, Supervisor
 from tests.stack import BIN, wait_until
 

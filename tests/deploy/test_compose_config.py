@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from commands.up import caddy_environment
+from s3cache.config import caddy_environment
 from s3cache.config import SETTINGS, Config
 from s3cache.layout import Layout
 from tests.deploy.compose import COMPOSE_FILE, ROOT, TEST_ENV, compose, read_env, rendered
