@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,15 @@ def test_images_are_build_arguments_with_official_defaults(default_config):
         stage = re.search(rf"^FROM base AS {part}\n(?:#.*\n)*CMD (.*)$", dockerfile, re.M)
         assert stage and json.loads(stage.group(1)) == ["python", "-m", part], part
     assert COMPOSE_FILE.exists()
+
+
+def test_the_image_gets_every_package_pyproject_installs():
+    """The Dockerfile copies the build context, which .dockerignore (an allow-list) narrows."""
+    packages = [p.rstrip("*") for p in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert "commands" in packages
+    allowed = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in allowed
+    for package in packages:
+        assert f"!{package}/" in allowed, f"{package}/ is not in the image"
+    assert re.search(r"^COPY \. /tmp/src/$", (ROOT / "Dockerfile").read_text(), re.M)
