@@ -151,7 +151,7 @@ def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Pa
     caddy_env = caddy_process_environment(config, layout, child_env)
     caddy_env["CADDY_ADMIN"] = CADDY_ADMIN_SOCKET
     caddy = caddy_binary()
-    parts = [
+    return [
         Part("sidecar", [sys.executable, "-m", "sidecar"], child_env,
              ready=lambda: listening(config.sidecar_listen),
              port_setting="S3CACHE_SIDECAR_LISTEN", address=str(config.sidecar_listen)),
@@ -162,7 +162,6 @@ def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Pa
              port_setting="S3CACHE_LISTEN", address=str(config.listen)),
         Part("evictor", [sys.executable, "-m", "evictor"], child_env),
     ]
-    return parts
 
 
 def build_front_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Part]:
