@@ -1,7 +1,8 @@
 # The Python parts' image, one target per part (docker-compose.yml builds both):
 #   docker build --target sidecar -t s3cache-sidecar .   # `python -m sidecar`: misses, fills, health
 #   docker build --target evictor -t s3cache-evictor .   # `python -m evictor`: LRU eviction between watermarks
-# The two differ only in their command; every layer before it is shared.
+# The two differ only in their command; every layer before it is shared. The `s3cache` command is in both
+# (docker-compose.yml runs `s3cache caddy-env` from the sidecar's image).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS base
 
@@ -29,10 +30,9 @@ RUN python3 -m venv /opt/s3cache \
  && /opt/s3cache/bin/pip install --requirement /tmp/requirements-python.txt \
  && rm /tmp/requirements*.txt
 
-COPY pyproject.toml README.md Caddyfile /tmp/src/
-COPY s3cache /tmp/src/s3cache
-COPY sidecar /tmp/src/sidecar
-COPY evictor /tmp/src/evictor
+# The whole build context: .dockerignore lets in only the packages pyproject.toml installs (with their
+# package data) and what building them needs.
+COPY . /tmp/src/
 RUN /opt/s3cache/bin/pip install --no-deps /tmp/src && rm -rf /tmp/src
 
 USER s3cache

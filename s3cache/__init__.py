@@ -1,1 +1,1 @@
-"""s3cache core: configuration, the cache layout and the `s3cache` command shared by every part."""
+"""s3cache core: what every part and command shares (configuration, the cache layout, request parsing, wire names)."""

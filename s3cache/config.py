@@ -1,7 +1,9 @@
 """Configuration: every S3CACHE_* variable, read once from the environment into one object.
 
-``SETTINGS`` is the single list of variables; ``.env.example`` and README's
-table are checked against it by the tests.  A bad value raises ``ConfigError``
+Each variable is declared once, as a field of ``Config``: its type, default,
+parser, description and what the Caddyfiles read of it (``setting(...)``).
+``SETTINGS`` lists them; ``.env.example``, README's table, docker-compose.yml
+and the Ansible role are checked against it by the tests.  A bad value raises ``ConfigError``
 whose message is one line naming the variable.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
@@ -210,103 +212,128 @@ def _signing_keys_file(value: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Setting:
+    """One S3CACHE_* variable: its default, how its value is parsed, what it means, and what Caddy reads of it."""
     name: str
     default: str
     parse: Callable[[str], Any]
     doc: str
+    # The variables the Caddyfile reads that this setting gives, from its parsed value; None: Caddy reads none.
+    caddy: Callable[[Any], dict[str, str]] | None = None
+
+    @property
+    def attr(self) -> str:
+        """The Config attribute holding the parsed value: S3CACHE_FILL_WORKERS -> fill_workers."""
+        return self.name.removeprefix("S3CACHE_").lower()
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("S3CACHE_UPSTREAM", "https://s3.amazonaws.com", _upstream,
-            "S3 endpoint that misses are redirected to and fetched from (scheme://host[:port])."),
-    Setting("S3CACHE_DOMAIN", "", _domain,
-            "Virtual-hosted requests: Host <bucket>.<S3CACHE_DOMAIN> means that bucket (wildcard DNS to the proxy)."),
-    Setting("S3CACHE_BUCKET", "", _bucket,
-            "A proxy host that fronts one bucket: every path is a key in it."),
-    Setting("S3CACHE_LISTEN", "127.0.0.1:8080", _host_port,
-            "Address Caddy (the front door) listens on."),
-    Setting("S3CACHE_SIDECAR_LISTEN", "127.0.0.1:8081", _host_port,
-            "Address of the sidecar (misses, health); keep it private."),
-    Setting("S3CACHE_DIR", "./cache", str,
-            "Cache directory (objects/, meta/, tmp/ ... live inside)."),
-    Setting("S3CACHE_MAX_OBJECT_BYTES", "", _optional_positive_int,
-            "Objects larger than this are never cached (empty: no limit)."),
-    Setting("S3CACHE_MISS", "redirect", _choice("redirect", "stream"),
-            "What a miss does: redirect (to S3, then fill in the background) or stream (through the "
-            "sidecar while it is cached: the object leaves S3 once instead of twice)."),
-    Setting("S3CACHE_FILL_WORKERS", "4", _positive_int,
-            "Background fetches running at once."),
-    Setting("S3CACHE_FILL_TIMEOUT", "60", _positive_float,
-            "Seconds a fetch may stall (connect or between reads) before it is abandoned."),
-    Setting("S3CACHE_FILL_MIN_RATE", "65536", _positive_int,
-            "Bytes per second a fetch must average: a fetch of N bytes is abandoned after "
-            "S3CACHE_FILL_TIMEOUT + N / S3CACHE_FILL_MIN_RATE seconds in all."),
-    Setting("S3CACHE_STREAM_MAX", "8", _positive_int,
-            "stream mode: misses streamed at once; beyond it a miss is redirected (and filled in the "
-            "background), so hits, access checks and health always have threads of their own."),
-    Setting("S3CACHE_ACCESS", "revalidate", _choice("revalidate", "verify", "open"),
-            "Who may read a cached object: revalidate (ask S3 with the client's URL), verify (check the "
-            "signature locally), open (anyone: public buckets only)."),
-    Setting("S3CACHE_SIGNING_KEYS", "", parse_signing_keys,
-            "verify mode: ACCESS_KEY_ID:SECRET pairs, comma-separated."),
-    Setting("S3CACHE_SIGNING_KEYS_FILE", "", _signing_keys_file,
-            "verify mode: a file of ACCESS_KEY_ID:SECRET pairs, one per line (# comments)."),
-    Setting("S3CACHE_REVALIDATE_ON_ERROR", "closed", _choice("closed", "open"),
-            "revalidate mode, when S3 cannot be reached: closed (refuse with 503) or open (serve the cached copy)."),
-    Setting("S3CACHE_TTL", "", _optional_positive_float,
-            "Seconds after which a cached object is revalidated with S3 before it is served again "
-            "(empty: objects are immutable)."),
-    Setting("S3CACHE_FILL_ON_RANGE", "on", _on_off,
-            "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES)."),
-    Setting("S3CACHE_EVICT_HIGH", "90", _percent,
-            "Start evicting when usage exceeds this percent."),
-    Setting("S3CACHE_EVICT_LOW", "80", _percent,
-            "Evict until usage is below this percent."),
-    Setting("S3CACHE_EVICT_INTERVAL", "60", _positive_float,
-            "Seconds between eviction passes."),
-    Setting("S3CACHE_MAX_BYTES", "", _optional_positive_int,
-            "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only."),
-    Setting("S3CACHE_ADMIN_ALLOW", "127.0.0.0/8,::1/128", _cidrs,
-            "Client addresses (CIDRs, comma-separated) allowed the status page, metrics and health; others get 403."),
-    Setting("S3CACHE_EGRESS_PRICE_PER_GB", "0.09", _price,
-            "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved."),
-    Setting("S3CACHE_NODES", "", _nodes,
-            "Front tier only (s3cache up --front): the cache nodes' HOST:PORT, comma-separated; each object "
-            "path is routed to one of them."),
-)
+def setting(default: str, parse: Callable[[str], Any], doc: str,
+            caddy: Callable[[Any], dict[str, str]] | None = None) -> Any:
+    """A Config field and everything about its variable (named S3CACHE_ + the field's name, upper case)."""
+    return field(metadata={"setting": (default, parse, doc, caddy)})
 
 
-def _attr(setting: Setting) -> str:
-    return setting.name.removeprefix("S3CACHE_").lower()
+def _caddy_dir(value: str) -> dict[str, str]:
+    from s3cache.layout import Layout
+    layout = Layout(value)
+    return {"S3CACHE_OBJECTS_DIR": str(layout.objects_dir), "S3CACHE_ACCESS_LOG": str(layout.access_log)}
 
 
 @dataclass(frozen=True)
 class Config:
-    upstream: str
-    domain: str | None
-    bucket: str | None
-    listen: HostPort
-    sidecar_listen: HostPort
-    dir: str
-    max_object_bytes: int | None
-    miss: str
-    fill_workers: int
-    fill_timeout: float
-    fill_min_rate: int
-    stream_max: int
-    access: str
-    signing_keys: dict
-    signing_keys_file: dict
-    revalidate_on_error: str
-    ttl: float | None
-    fill_on_range: bool
-    evict_high: float
-    evict_low: float
-    evict_interval: float
-    max_bytes: int | None
-    nodes: tuple[HostPort, ...]
-    admin_allow: tuple
-    egress_price_per_gb: float
+    """Every setting, parsed. Each field declares its variable once; ``SETTINGS`` lists them in this order."""
+
+    upstream: str = setting(
+        "https://s3.amazonaws.com", _upstream,
+        "S3 endpoint that misses are redirected to and fetched from (scheme://host[:port]).",
+        caddy=lambda v: {"S3CACHE_UPSTREAM": v})
+    domain: str | None = setting(
+        "", _domain,
+        "Virtual-hosted requests: Host <bucket>.<S3CACHE_DOMAIN> means that bucket (wildcard DNS to the proxy).",
+        # A name that never matches a Host when virtual-hosted requests are off.
+        caddy=lambda v: {"S3CACHE_DOMAIN_RE": re.escape(v) if v else "s3cache-no-domain\\.invalid"})
+    bucket: str | None = setting(
+        "", _bucket,
+        "A proxy host that fronts one bucket: every path is a key in it.",
+        caddy=lambda v: {"S3CACHE_BUCKET_DIR": f"/{v}" if v else ""})
+    listen: HostPort = setting(
+        "127.0.0.1:8080", _host_port,
+        "Address Caddy (the front door) listens on.",
+        caddy=lambda v: {"S3CACHE_CADDY_BIND": v.host, "S3CACHE_CADDY_PORT": str(v.port)})
+    sidecar_listen: HostPort = setting(
+        "127.0.0.1:8081", _host_port,
+        "Address of the sidecar (misses, health); keep it private.",
+        caddy=lambda v: {"S3CACHE_SIDECAR": str(v)})
+    dir: str = setting(
+        "./cache", str,
+        "Cache directory (objects/, meta/, tmp/ ... live inside).",
+        caddy=_caddy_dir)
+    max_object_bytes: int | None = setting(
+        "", _optional_positive_int,
+        "Objects larger than this are never cached (empty: no limit).")
+    miss: str = setting(
+        "redirect", _choice("redirect", "stream"),
+        "What a miss does: redirect (to S3, then fill in the background) or stream (through the "
+        "sidecar while it is cached: the object leaves S3 once instead of twice).")
+    fill_workers: int = setting(
+        "4", _positive_int,
+        "Background fetches running at once.")
+    fill_timeout: float = setting(
+        "60", _positive_float,
+        "Seconds a fetch may stall (connect or between reads) before it is abandoned.")
+    fill_min_rate: int = setting(
+        "65536", _positive_int,
+        "Bytes per second a fetch must average: a fetch of N bytes is abandoned after "
+        "S3CACHE_FILL_TIMEOUT + N / S3CACHE_FILL_MIN_RATE seconds in all.")
+    stream_max: int = setting(
+        "8", _positive_int,
+        "stream mode: misses streamed at once; beyond it a miss is redirected (and filled in the "
+        "background), so hits, access checks and health always have threads of their own.")
+    access: str = setting(
+        "revalidate", _choice("revalidate", "verify", "open"),
+        "Who may read a cached object: revalidate (ask S3 with the client's URL), verify (check the "
+        "signature locally), open (anyone: public buckets only).",
+        caddy=lambda v: {"S3CACHE_ACCESS": v})
+    signing_keys: dict[str, str] = setting(
+        "", parse_signing_keys,
+        "verify mode: ACCESS_KEY_ID:SECRET pairs, comma-separated.")
+    signing_keys_file: dict[str, str] = setting(
+        "", _signing_keys_file,
+        "verify mode: a file of ACCESS_KEY_ID:SECRET pairs, one per line (# comments).")
+    revalidate_on_error: str = setting(
+        "closed", _choice("closed", "open"),
+        "revalidate mode, when S3 cannot be reached: closed (refuse with 503) or open (serve the cached copy).")
+    ttl: float | None = setting(
+        "", _optional_positive_float,
+        "Seconds after which a cached object is revalidated with S3 before it is served again "
+        "(empty: objects are immutable).",
+        caddy=lambda v: {"S3CACHE_TTL": "" if v is None else f"{v:g}"})
+    fill_on_range: bool = setting(
+        "on", _on_off,
+        "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES).")
+    evict_high: float = setting(
+        "90", _percent,
+        "Start evicting when usage exceeds this percent.")
+    evict_low: float = setting(
+        "80", _percent,
+        "Evict until usage is below this percent.")
+    evict_interval: float = setting(
+        "60", _positive_float,
+        "Seconds between eviction passes.")
+    max_bytes: int | None = setting(
+        "", _optional_positive_int,
+        "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only.")
+    admin_allow: tuple = setting(
+        "127.0.0.0/8,::1/128", _cidrs,
+        "Client addresses (CIDRs, comma-separated) allowed the status page, metrics and health; others get 403.")
+    egress_price_per_gb: float = setting(
+        "0.09", _price,
+        "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved.")
+    nodes: tuple[HostPort, ...] = setting(
+        "", _nodes,
+        "Front tier only (s3cache up --front): the cache nodes' HOST:PORT, comma-separated; each object "
+        "path is routed to one of them.",
+        # Caddy splits an environment value on spaces into one upstream each.
+        caddy=lambda v: {"S3CACHE_CADDY_NODES": " ".join(str(node) for node in v)})
 
     @property
     def addressing(self) -> "Addressing":
@@ -324,7 +351,7 @@ class Config:
         for s in SETTINGS:
             raw = env.get(s.name, s.default).strip()
             try:
-                values[_attr(s)] = s.parse(raw)
+                values[s.attr] = s.parse(raw)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{s.name}: {exc}") from None
         if values["evict_low"] >= values["evict_high"]:
@@ -336,6 +363,20 @@ class Config:
                               "(S3CACHE_SIGNING_KEYS or S3CACHE_SIGNING_KEYS_FILE)")
         values["dir"] = os.path.abspath(values["dir"])
         return cls(**values)
+
+
+# Every variable, in the order of Config's fields: .env.example, README's table, compose and the role follow it.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f"S3CACHE_{f.name.upper()}", *f.metadata["setting"]) for f in fields(Config))
+
+
+def caddy_environment(config: Config) -> dict[str, str]:
+    """The variables the Caddyfiles read, derived from the settings (``s3cache caddy-env`` prints them)."""
+    env: dict[str, str] = {}
+    for s in SETTINGS:
+        if s.caddy is not None:
+            env.update(s.caddy(getattr(config, s.attr)))
+    return env
 
 
 def read_env_file(path: str) -> dict[str, str]:

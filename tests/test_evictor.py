@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evictor import report
-from evictor.cli import run_once
+from commands.evict import run_once
 from evictor.policy import FsUsage, Need, bytes_to_free, select_victims
 from evictor.remove import prune_dirs
 from evictor.run import PassBusy, run_pass

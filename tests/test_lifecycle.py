@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from s3cache.layout import Layout, ObjectRef
-from s3cache.supervisor import Part, Supervisor
+from commands.supervisor import Part, Supervisor
 from tests.stack import BIN, Stack, free_port, raw_request, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from s3cache.accesslog import Follower
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
-from s3cache.stats import render as render_cli
+from commands.stats import render as render_cli
 from s3cache.stats_summary import fmt_bytes, fmt_dollars, headline_rows
 from sidecar import admin, metrics, status_page
 from sidecar.collector import Collector

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import threading
 
-from s3cache import supervisor as sup
-from s3cache.supervisor import Part, Supervisor
+from commands import supervisor as sup
+from commands.supervisor import Part, Supervisor
 from tests.stack import BIN, wait_until
 
 
@@ -48,7 +48,7 @@ def test_sigterm_stops_every_part_cleanly(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import os, sys\n"
-        "from s3cache.supervisor import Part, Supervisor\n"
+        "from commands.supervisor import Part, Supervisor\n"
         f"parts = [Part(n, [sys.executable, {str(child)!r}], dict(os.environ)) for n in ('one', 'two')]\n"
         "sys.exit(Supervisor(parts).run())\n")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

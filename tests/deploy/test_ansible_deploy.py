@@ -16,9 +16,8 @@ import pytest
 import requests
 from botocore.config import Config as BotoConfig
 
-from s3cache.cli import caddy_environment
+from s3cache.config import caddy_environment
 from s3cache.config import Config
-from s3cache.layout import Layout
 from tests.deploy.ansible import recap, run, tool
 from tests.deploy.hostsetup import require_debs, require_namespaces, require_root, rootfs_tarball
 from tests.deploy.netns import Relay, entered
@@ -110,7 +109,7 @@ def test_systemd_analyze_verify_finds_nothing_in_the_units(deployment):
 def test_caddy_gets_what_s3cache_up_would_derive(deployment, tmp_path):
     settings = {k: v for k, v in deployment.process_env("s3cache-sidecar").items() if k.startswith("S3CACHE_")}
     config = Config.from_env(settings)
-    expected = {k: v for k, v in caddy_environment(config, Layout(config.dir), {}).items() if k.startswith("S3CACHE_")}
+    expected = caddy_environment(config)
     got = {k: v for k, v in deployment.process_env("s3cache-caddy").items() if k.startswith("S3CACHE_")}
     assert got == expected
 

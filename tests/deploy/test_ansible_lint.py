@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
 
 from s3cache.config import SETTINGS
-from tests.deploy.ansible import ANSIBLE_DIR, run
+from tests.deploy.ansible import ANSIBLE_DIR, ROOT, run
 
 pytestmark = pytest.mark.deploy
 
@@ -36,15 +40,51 @@ def documented_variables(text: str) -> dict[str, bool]:
     return found
 
 
-def test_every_setting_is_a_role_variable_written_to_the_env_file():
+def role_values(tmp_path: Path, *names: str) -> dict:
+    """The role's derived variables (vars/main.yml over defaults/main.yml) as Ansible evaluates them here."""
+    playbook = tmp_path / "values.yml"
+    out_file = tmp_path / "values.json"
+    playbook.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [
+            {"ansible.builtin.include_vars": str(ROLE / "defaults/main.yml")},
+            {"ansible.builtin.include_vars": str(ROLE / "vars/main.yml")},
+            {"ansible.builtin.copy": {"dest": str(out_file), "mode": "0600",
+                                      "content": "{{ {%s} | to_json }}" % ", ".join(f"'{n}': {n}" for n in names)}},
+        ],
+    }]))
+    out = run("ansible-playbook", "-i", "localhost,", "-e", f"s3cache_source_dir={ROOT}",
+              "-e", f"ansible_python_interpreter={sys.executable}", str(playbook))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory) -> dict:
+    return role_values(tmp_path_factory.mktemp("role"), "s3cache_settings", "s3cache_source_files")
+
+
+def test_every_setting_is_a_role_variable_written_to_the_env_file(derived):
     defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
-    settings = yaml.safe_load((ROLE / "vars/main.yml").read_text())["s3cache_settings"]
+    settings = derived["s3cache_settings"]
     assert set(settings) == {s.name for s in SETTINGS}
     for s in SETTINGS:
         var = s.name.lower()
-        assert settings[s.name] == f"{{{{ {var} }}}}", s.name
         assert var in defaults, f"{var} has no default"
+        assert settings[s.name] == defaults[var], s.name
         assert str(defaults[var]) == ROLE_DEFAULTS.get(s.name, s.default), f"default of {var}"
+
+
+def test_every_installed_file_is_deployed(derived):
+    """Each package pyproject.toml installs, with every module and its package data (templates)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert "commands" in packages
+    wanted = {str(f.relative_to(ROOT)) for package in packages for f in (ROOT / package).rglob("*")
+              if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"}
+    assert "sidecar/templates/status.html" in wanted
+    assert wanted <= set(derived["s3cache_source_files"])
+    assert {"pyproject.toml", "README.md"} <= set(derived["s3cache_source_files"])
 
 
 def test_every_role_variable_is_documented():

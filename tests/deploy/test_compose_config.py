@@ -8,13 +8,13 @@ import re
 import stat
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from s3cache.cli import caddy_environment
+from s3cache.config import caddy_environment
 from s3cache.config import SETTINGS, Config
-from s3cache.layout import Layout
 from tests.deploy.compose import COMPOSE_FILE, ROOT, TEST_ENV, compose, read_env, rendered
 
 pytestmark = pytest.mark.deploy
@@ -93,8 +93,8 @@ def test_defaults_are_the_codes_defaults(default_config):
 
 
 def test_listen_is_where_caddys_port_is_published(config, test_values):
-    caddy = config["services"]["caddy"]
-    assert caddy["ports"] == [f"{test_values['S3CACHE_LISTEN']}:{caddy['environment']['S3CACHE_CADDY_PORT']}/tcp"]
+    port = config["services"]["caddy-env"]["environment"]["S3CACHE_LISTEN"].rpartition(":")[2]
+    assert config["services"]["caddy"]["ports"] == [f"{test_values['S3CACHE_LISTEN']}:{port}/tcp"]
 
 
 def caddyfile_variables() -> set[str]:
@@ -103,15 +103,34 @@ def caddyfile_variables() -> set[str]:
 
 
 def caddy_process_env(config: dict, tmp_path: Path, **settings: str) -> dict[str, str]:
-    """The environment Caddy's container command hands to `caddy run` (a stand-in caddy prints it)."""
+    """The environment Caddy's container hands to `caddy run`: the caddy-env service's command writes the
+    file (our own `s3cache caddy-env`, as in its container), Caddy's command sources it (a stand-in caddy prints
+    what it got)."""
+    service = config["services"]["caddy-env"]
+    assert service["image"] == config["services"]["sidecar"]["image"]  # the image that has the s3cache command
+    assert service["depends_on"] == {"sidecar": {"condition": "service_started"}}
+    command = list(service["command"])
+    assert command[:2] == ["s3cache", "caddy-env"] and command[-2] == "--output"
+    env_file = command[-1]
+    assert f"cache:{str(Path(env_file).parent.parent)}:rw" in service["volumes"]
+    written = tmp_path / "run" / "caddy.env"
+    env = {k: str(v) for k, v in service["environment"].items()}
+    env.update(settings, S3CACHE_SIGNING_KEYS_FILE=str(ROOT / "tests/deploy/signing-keys.test"),
+               PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-m", "commands.main", *command[1:-1], str(written)], env=env, cwd=tmp_path,
+                   check=True)
+
+    caddy = config["services"]["caddy"]
+    assert caddy["depends_on"]["caddy-env"] == {"condition": "service_completed_successfully"}
     fake = tmp_path / "bin" / "caddy"
     fake.parent.mkdir(exist_ok=True)
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    caddy = config["services"]["caddy"]
     script = caddy["command"][0].replace("$$", "$")  # compose prints $ escaped
+    assert env_file in script
+    script = script.replace(env_file, str(written))
     env = {k: str(v) for k, v in caddy["environment"].items()}
-    env.update(settings, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    env["PATH"] = f"{fake.parent}:{os.environ['PATH']}"
     out = subprocess.run([*caddy["entrypoint"], script], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -125,9 +144,7 @@ def caddy_process_env(config: dict, tmp_path: Path, **settings: str) -> dict[str
 def test_caddy_gets_what_s3cache_up_derives(config, test_values, tmp_path, domain, bucket):
     settings = dict(test_values, S3CACHE_DOMAIN=domain, S3CACHE_BUCKET=bucket)
     settings["S3CACHE_SIGNING_KEYS_FILE"] = str(ROOT / settings["S3CACHE_SIGNING_KEYS_FILE"])
-    layout = Layout(tmp_path / "cache")
-    expected = {k: v for k, v in caddy_environment(Config.from_env(settings), layout, {}).items()
-                if k.startswith("S3CACHE_")}
+    expected = caddy_environment(Config.from_env(settings))
     got = caddy_process_env(config, tmp_path, S3CACHE_DOMAIN=domain, S3CACHE_BUCKET=bucket)
 
     assert caddyfile_variables() <= set(expected), "the Caddyfile reads a variable `s3cache up` does not set"
@@ -136,6 +153,7 @@ def test_caddy_gets_what_s3cache_up_derives(config, test_values, tmp_path, domai
     # Paths and addresses are the containers' own; everything else is exactly what `s3cache up` computes.
     assert got.pop("S3CACHE_OBJECTS_DIR") == f"{CACHE_MOUNT}/objects"
     access_log = Path(got.pop("S3CACHE_ACCESS_LOG"))
+    assert access_log == Path(CACHE_MOUNT) / "logs/access.log"
     assert f"logs:{access_log.parent}:rw" in config["services"]["caddy"]["volumes"]
     assert f"logs:{CACHE_MOUNT}/logs:rw" in config["services"]["evictor"]["volumes"]  # where the evictor reads it
     assert got.pop("S3CACHE_CADDY_BIND") == "0.0.0.0"
@@ -145,6 +163,8 @@ def test_caddy_gets_what_s3cache_up_derives(config, test_values, tmp_path, domai
                  "S3CACHE_CADDY_PORT"):
         expected.pop(name)
     assert {k: got[k] for k in expected} == expected
+    # The keys never reach Caddy.
+    assert got["S3CACHE_SIGNING_KEYS"] == ""
 
 
 def test_caddy_serves_the_cache_read_only(config):
@@ -154,7 +174,11 @@ def test_caddy_serves_the_cache_read_only(config):
 
 
 def test_every_part_has_a_health_check_and_a_restart_policy(config):
+    # caddy-env runs once per start and exits; Caddy starts only once it has succeeded.
+    assert config["services"]["caddy-env"]["restart"] == "no"
     for name, service in config["services"].items():
+        if name == "caddy-env":
+            continue
         assert service["restart"] == "unless-stopped", name
         test = service["healthcheck"]["test"]
         assert test[0] == "CMD", name
@@ -175,3 +199,15 @@ def test_images_are_build_arguments_with_official_defaults(default_config):
         stage = re.search(rf"^FROM base AS {part}\n(?:#.*\n)*CMD (.*)$", dockerfile, re.M)
         assert stage and json.loads(stage.group(1)) == ["python", "-m", part], part
     assert COMPOSE_FILE.exists()
+
+
+def test_the_image_gets_every_package_pyproject_installs():
+    """The Dockerfile copies the build context, which .dockerignore (an allow-list) narrows."""
+    packages = [p.rstrip("*") for p in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert "commands" in packages
+    allowed = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in allowed
+    for package in packages:
+        assert f"!{package}/" in allowed, f"{package}/ is not in the image"
+    assert re.search(r"^COPY \. /tmp/src/$", (ROOT / "Dockerfile").read_text(), re.M)

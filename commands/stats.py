@@ -10,10 +10,13 @@ functions as the page (``s3cache.stats_summary``).
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 import requests
 
+from commands.common import ENV_FILE_HELP, load_config
 from s3cache.config import Config, HostPort
 from s3cache.wire import STATS_PATH
 from s3cache.stats_summary import (details, fmt_age, fmt_bytes, fmt_count, fmt_percent, fmt_time,
@@ -89,6 +92,24 @@ def render(snap: dict) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config, *, as_json: bool = False, url: str | None = None) -> str:
+def summary(config: Config, *, as_json: bool = False, url: str | None = None) -> str:
     snap = fetch(config, url)
     return json.dumps(snap, indent=1) if as_json else render(snap)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    try:
+        print(summary(config, as_json=args.json, url=args.url))
+    except StatsUnavailable as exc:
+        print(f"s3cache: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    stats = sub.add_parser("stats", help="the status page's summary, from the running sidecar")
+    stats.add_argument("--json", action="store_true", help="print the sidecar's snapshot as JSON")
+    stats.add_argument("--url", help="the sidecar's base URL (default: from S3CACHE_SIDECAR_LISTEN)")
+    stats.add_argument("--env-file", help=ENV_FILE_HELP)
+    return stats

@@ -9,6 +9,7 @@ stack never fetches an object twice.  Blank lines and ``#`` comments are skipped
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -17,7 +18,8 @@ from typing import Iterable, TextIO
 
 from tqdm import tqdm
 
-from s3cache.config import Config
+from commands.common import ENV_FILE_HELP, load_config
+from s3cache.config import Config, ConfigError
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
 from sidecar.fill import Filler, FillResult
@@ -85,3 +87,24 @@ def warm(jobs: list[Job], config: Config, parallel: int, out: TextIO = sys.stdou
         more = f" and {len(line_nos) - SHOWN_PER_REASON} more" if len(line_nos) > SHOWN_PER_REASON else ""
         print(f"  failed: {reason}: {len(line_nos)} (lines {shown}{more})", file=out)
     return 1 if outcomes["failed"] else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.parallel < 1:
+        raise ConfigError("--parallel: must be at least 1")
+    if args.urls_file == "-":
+        jobs = read_urls(sys.stdin)
+    else:
+        with open(args.urls_file, encoding="utf-8") as fh:
+            jobs = read_urls(fh)
+    return warm(jobs, config, args.parallel, progress=not args.no_progress)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    warm = sub.add_parser("warm", help="fill the cache from a file of (presigned) URLs, one per line")
+    warm.add_argument("urls_file", metavar="URLS_FILE", help="one URL per line ('-': standard input)")
+    warm.add_argument("--parallel", type=int, default=4, help="fetches at once (default 4)")
+    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    warm.add_argument("--env-file", help=ENV_FILE_HELP)
+    return warm

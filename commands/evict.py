@@ -1,14 +1,15 @@
 """``s3cache evict --once [--dry-run]``: one pass from the command line, listing what it removes.
 
-``s3cache/cli.py`` parses the arguments and the configuration and calls
-``run_once``; the pass itself is ``evictor.run.run_pass``.
+The pass itself is ``evictor.run.run_pass``, the one the evictor's schedule runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
+from commands.common import ENV_FILE_HELP, load_config
 from evictor.run import PassBusy, run_pass
 from s3cache.config import Config
 
@@ -33,3 +34,15 @@ def run_once(config: Config, dry_run: bool) -> int:
         return 1
     print(summary.line(), flush=True)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_once(load_config(args), dry_run=args.dry_run)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    evict = sub.add_parser("evict", help="run one eviction pass and exit")
+    evict.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    evict.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    evict.add_argument("--env-file", help=ENV_FILE_HELP)
+    return evict
