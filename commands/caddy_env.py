@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from commands.common import ENV_FILE_HELP, load_config
+from s3cache import atomic
 from s3cache.config import caddy_environment
 
 
@@ -26,21 +25,12 @@ def shell_lines(env: dict[str, str]) -> str:
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in env.items())
 
 
-def write_replacing(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(fh.name, 0o644)
-    os.replace(fh.name, path)
-
-
 def run(args: argparse.Namespace) -> int:
     env = caddy_environment(load_config(args))
     text = json.dumps(env, indent=1) + "\n" if args.json else shell_lines(env)
     if args.output:
-        write_replacing(Path(args.output), text)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        atomic.write(args.output, text)  # a reader (Caddy's container) never sees half of it
     else:
         sys.stdout.write(text)
     return 0

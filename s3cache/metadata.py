@@ -34,14 +34,12 @@ orphans (evictor/remove.py, evictor/housekeeping.py).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import threading
 import time
 from typing import Mapping
 
-from s3cache import atomic
+from s3cache import atomic, objectlock
 from s3cache.layout import Layout, ObjectRef
 
 # The response headers a record keeps (besides x-amz-meta-*): what a hit should answer with (S3 fidelity).
@@ -110,17 +108,25 @@ def forget(layout: Layout, ref: ObjectRef) -> None:
 
 
 def mark_validated(layout: Layout, ref: ObjectRef, now: float | None = None) -> None:
-    """Record that S3 confirmed the entry; best effort (a failure only means an earlier recheck)."""
-    meta = read(layout, ref)
-    if meta is None:
+    """Record that S3 confirmed the entry; best effort (a failure only means an earlier recheck).
+
+    Under the object's lock, like every other change to the record: unlocked, a 304 racing a
+    refresh could write the old object's record back over the new object's.  When a fill holds
+    the lock, what it writes is newer than this confirmation, which is dropped.
+    """
+    lock = _take_fill_lock(str(layout.temp_path(ref)))
+    if lock is None:
         return
-    meta["validated_at"] = time.time() if now is None else now
-    # Not under the fill lock, so not the fill's temp name: one of this thread's own.
-    temp = layout.meta_temp_path(ref).with_suffix(f".{os.getpid()}-{threading.get_ident()}.validated")
     try:
-        _write(layout.meta_path(ref), meta, temp)
+        meta = read(layout, ref)
+        if meta is None:
+            return
+        meta["validated_at"] = time.time() if now is None else now
+        _write(layout.meta_path(ref), meta, layout.meta_temp_path(ref))  # the lock's holder owns that temp name
     except OSError:
         pass
+    finally:
+        objectlock.release(lock, str(layout.temp_path(ref)))
 
 
 def add_headers(layout: Layout, ref: ObjectRef, told: Mapping[str, str], etag: str | None) -> None:
@@ -152,8 +158,7 @@ def add_headers(layout: Layout, ref: ObjectRef, told: Mapping[str, str], etag: s
     except OSError:
         pass
     finally:
-        _unlink_quietly(str(layout.temp_path(ref)))  # ours while we hold the lock, as in a fill
-        os.close(lock)
+        objectlock.release(lock, str(layout.temp_path(ref)))  # the temp file is ours while we hold the lock
 
 
 def _write(path: os.PathLike | str, meta: dict, temp: os.PathLike | str,
@@ -171,24 +176,8 @@ def _read_json(path: os.PathLike | str) -> dict | None:
 
 
 def _take_fill_lock(path: str) -> int | None:
-    """The fill lock of sidecar/fill.py (flock on the temp file), if free and still that file."""
+    """The object's lock (s3cache.objectlock), if free; None when a fill (or anyone) holds it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
+        return objectlock.try_lock(path)
+    except OSError:  # cannot create the temp file, or it kept being swept
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.stat(path)
-        if (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev):
-            return fd
-    except OSError:  # BlockingIOError: a fill holds it; FileNotFoundError: swept meanwhile
-        pass
-    os.close(fd)
-    return None
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -27,7 +27,6 @@ swept by the evictor.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -42,7 +41,7 @@ import http.client
 
 import urllib3
 
-from s3cache import metadata
+from s3cache import metadata, objectlock
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.redact import redact
@@ -86,29 +85,14 @@ def _plain_md5_etag(etag: str | None) -> str | None:
 
 
 class _FillLock:
-    """The flock on the temp file; ``None`` from ``acquire`` means another fill holds it."""
+    """The object's lock (s3cache.objectlock); ``None`` from ``acquire`` means another holder has it."""
 
     @staticmethod
     def acquire(path: str) -> int | None:
-        # The evictor may unlink a dead fill's temp file between our open and
-        # our flock; then we would hold a lock on an orphan inode.  Re-check
-        # that the path still names the inode we locked, and retry if not.
-        for _ in range(5):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            try:
-                st_path = os.stat(path)
-            except FileNotFoundError:
-                st_path = None
-            st_fd = os.fstat(fd)
-            if st_path and (st_path.st_ino, st_path.st_dev) == (st_fd.st_ino, st_fd.st_dev):
-                return fd
-            os.close(fd)
-        raise FillFailed("lock", "temp file kept changing under us")
+        try:
+            return objectlock.try_lock(path)
+        except objectlock.LockLost as exc:
+            raise FillFailed("lock", "temp file kept changing under us") from exc
 
 
 def _makedirs(path: str) -> None:

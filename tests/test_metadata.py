@@ -95,3 +95,21 @@ def test_concurrent_validations_never_show_a_reader_half_a_record(layout):
     assert not half, f"{half} of {reads} reads found half a record"
     assert metadata.load_headers(layout, REF)["x-amz-meta-pad"] == "p" * 200_000
     assert not os.listdir(layout.tmp_dir)
+
+
+def test_a_validation_never_writes_over_a_refresh_in_progress(layout):
+    # A 304 for the old object races a refresh that holds the object's lock and is about to write the new
+    # object's record: the confirmation is dropped rather than written back over the new record.
+    from s3cache import objectlock
+    path = layout.meta_path(REF)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(RECORD.encode("utf-8"))
+    lock = objectlock.try_lock(str(layout.temp_path(REF)))
+    assert lock is not None
+    try:
+        metadata.mark_validated(layout, REF, now=1.0)
+        assert path.read_bytes() == RECORD.encode("utf-8")
+    finally:
+        objectlock.release(lock, str(layout.temp_path(REF)))
+    metadata.mark_validated(layout, REF, now=2.0)  # the lock free again: recorded
+    assert json.loads(path.read_text())["validated_at"] == 2.0 and not os.listdir(layout.tmp_dir)
