@@ -151,14 +151,16 @@ def test_a_second_run_changes_nothing(deployment):
     assert counters["changed"] == 0, [line for line in output.splitlines() if line.startswith("changed:")]
 
 
-def test_a_broken_setting_fails_the_run_at_the_health_check_and_a_fix_recovers(deployment):
-    # The sidecar refuses to start (one line naming the variable); systemd's start "succeeds" all the same.
+def test_a_broken_setting_fails_the_run_and_a_fix_recovers(deployment):
+    # The settings are validated on the node when the role derives Caddy's environment from them
+    # (`s3cache caddy-env`): the run stops there, with the one line naming the variable. (A unit that
+    # still fails at run time is caught by the role's closing health check.)
     rc, output, counters = deployment.play(s3cache_fill_workers=0, s3cache_health_retries=4, s3cache_health_delay=2)
     assert rc != 0 and counters["failed"] == 1, output[-6000:]
     failed_task = output[:output.index("fatal:")].rpartition("TASK [")[2]
-    assert failed_task.startswith("s3cache : Check /_s3cache/health answers 200 through Caddy"), output[-3000:]
-    journal = deployment.target.ssh("journalctl -u s3cache-sidecar --no-pager | tail -5").stdout
-    assert "S3CACHE_FILL_WORKERS" in journal
+    assert failed_task.startswith(("s3cache : Derive", "s3cache : Check /_s3cache/health answers 200 through Caddy")), \
+        output[-3000:]
+    assert "S3CACHE_FILL_WORKERS: expected a positive integer" in output[output.index("fatal:"):], output[-3000:]
 
     rc, output, counters = deployment.play()
     assert rc == 0 and counters["failed"] == 0, output[-6000:]
