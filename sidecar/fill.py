@@ -13,6 +13,10 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    and only once the file on disk holds exactly that many bytes.
 3. The object is renamed into ``objects/`` atomically (Caddy sees either
    nothing or the whole file), then its metadata is written to ``meta/``.
+   The renamed name is a second hard link of the temp file, so the temp path
+   (and with it the lock) stays until the metadata and marks are in place:
+   a purge (``s3cache.entries``) waiting on the lock never sees an object
+   without its metadata.  The change in size goes to ``s3cache.sizelog``.
 
 The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
 as the client sent it), and the whole fetch has a deadline derived from its
@@ -26,7 +30,6 @@ swept by the evictor.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -43,6 +46,7 @@ import http.client
 import urllib3
 
 from s3cache.httpdate import parse_http_date
+from s3cache import entries, sizelog
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.redact import redact
 from sidecar import hit_headers
@@ -93,29 +97,14 @@ def _plain_md5_etag(etag: str | None) -> str | None:
 
 
 class _FillLock:
-    """The flock on the temp file; ``None`` from ``acquire`` means another fill holds it."""
+    """The entry's lock (``s3cache.entries``); ``None`` from ``acquire`` means another holds it."""
 
     @staticmethod
     def acquire(path: str) -> int | None:
-        # The evictor may unlink a dead fill's temp file between our open and
-        # our flock; then we would hold a lock on an orphan inode.  Re-check
-        # that the path still names the inode we locked, and retry if not.
-        for _ in range(5):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            try:
-                st_path = os.stat(path)
-            except FileNotFoundError:
-                st_path = None
-            st_fd = os.fstat(fd)
-            if st_path and (st_path.st_ino, st_path.st_dev) == (st_fd.st_ino, st_fd.st_dev):
-                return fd
-            os.close(fd)
-        raise FillFailed("lock", "temp file kept changing under us")
+        try:
+            return entries.acquire(path)
+        except entries.LockChurn:
+            raise FillFailed("lock", "temp file kept changing under us") from None
 
 
 def _makedirs(path: str) -> None:
@@ -435,11 +424,42 @@ class Filler:
         kind = hit_headers.mark_kind(ref.key, headers)
         if kind is not None:
             self._mark(ref, kind)
-        _rename_into(tmp, final)
+        try:
+            old_size = os.lstat(final).st_size
+        except OSError:
+            old_size = None
+        linked = self._publish(ref, tmp, final)
         for other in MARK_KINDS:
             if other != kind:
                 self._unmark(ref, other)
-        self._write_meta(ref, headers, os.fstat(fd).st_size)
+        size = os.fstat(fd).st_size
+        self._write_meta(ref, headers, size)
+        sizelog.record(self.layout, size - (old_size or 0), 0 if old_size is not None else 1, "fill")
+        if linked:
+            _unlink_quietly(tmp)  # still ours: nobody unlinks a locked temp path; the caller's close unlocks
+
+    def _publish(self, ref: ObjectRef, tmp: str, final: str) -> bool:
+        """Put the finished temp file in place as ``final``; True if the temp path still names it (and so the lock).
+
+        A second hard link is renamed into place (atomically replacing any old
+        object), so the locked temp path stays until the whole entry is
+        written.  Where the filesystem has no hard links, a plain rename.
+        """
+        link = str(self.layout.link_temp_path(ref))
+        _unlink_quietly(link)  # a dead fill's
+        try:
+            os.link(tmp, link)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            _rename_into(tmp, final)
+            return False
+        try:
+            _rename_into(link, final)
+        except BaseException:
+            _unlink_quietly(link)
+            raise
+        return True
 
     def _unmark(self, ref: ObjectRef, kind: str) -> None:
         try:
