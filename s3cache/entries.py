@@ -204,6 +204,17 @@ def _entry(layout: Layout, bucket: str, key: str, path: str) -> Entry | None:
                  st.st_atime, etag if isinstance(etag, str) else None)
 
 
+def lookup(layout: Layout, ref: ObjectRef) -> Entry | None:
+    """The entry of one object, or None when it is not cached (or never could be)."""
+    try:
+        path = layout.object_path(ref)
+    except Uncacheable:
+        return None
+    if not path.is_file() or path.is_symlink():
+        return None
+    return _entry(layout, ref.bucket, ref.key, str(path))
+
+
 def _listing(path: str) -> list[tuple[str, bool]]:
     """(name, is_dir) sorted so that full names come out in bytewise order: a directory sorts as ``name/``."""
     try:
@@ -287,3 +298,13 @@ def parse_name(name: str) -> ObjectRef:
     if not slash or not bucket or not key:
         raise ValueError(f"{name!r} is not BUCKET/KEY")
     return ObjectRef(bucket, key)
+
+
+OUTCOMES = ("removed", "absent", "busy", "error")
+
+
+def summary(removals: Iterable[Removal]) -> dict:
+    """What a purge did, as the CLI and the HTTP API both report it."""
+    items = list(removals)
+    counts = {outcome: sum(1 for r in items if r.outcome == outcome) for outcome in OUTCOMES}
+    return {"counts": counts, "bytes": sum(r.bytes for r in items), "objects": [r.record() for r in items]}
