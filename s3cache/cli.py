@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--env-file", help=ENV_FILE_HELP + " (only to find the cache directory)")
     reload.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the result (default 120)")
     reload.set_defaults(func=cmd_reload)
+    from commands import ls, purge  # imported here: the commands import this module for its helpers
+    purge.add_parser(sub)
+    ls.add_parser(sub)
     return parser
 
 

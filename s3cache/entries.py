@@ -308,3 +308,8 @@ def summary(removals: Iterable[Removal]) -> dict:
     items = list(removals)
     counts = {outcome: sum(1 for r in items if r.outcome == outcome) for outcome in OUTCOMES}
     return {"counts": counts, "bytes": sum(r.bytes for r in items), "objects": [r.record() for r in items]}
+
+
+def printable(name: str) -> str:
+    """A name for one line of text: as it is, or JSON-quoted when it holds control characters (or quotes)."""
+    return name if name.isprintable() and not name.startswith('"') else json.dumps(name, ensure_ascii=False)
