@@ -152,3 +152,35 @@ def test_the_command_purges_beside_a_running_stack_and_the_live_size_follows(ori
     done = command(stack, "purge", "--prefix", f"{BUCKET}/")
     assert done.returncode == 0 and "purge: 2 removed" in done.stdout, done.stdout + done.stderr
     assert command(stack, "ls", "--json").stdout.strip() == "[]"
+
+
+def test_the_commands_read_dot_env_like_every_subcommand(tmp_path):
+    """No stack at all: ./.env (or --env-file) names the cache directory."""
+    from s3cache.layout import Layout
+    layout = Layout(tmp_path / "the-cache")
+    layout.ensure()
+    for key in ("k/one", "k/two", "odd\tkey"):
+        path = layout.object_path(ObjectRef(BUCKET, key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"12345")
+    workdir = tmp_path / "ops"
+    workdir.mkdir()
+    (workdir / ".env").write_text(f"S3CACHE_DIR={layout.root}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3CACHE_")}
+
+    def run(*args, cwd=workdir):
+        return subprocess.run([str(BIN / "s3cache"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=60)
+    listing = run("ls")
+    assert listing.returncode == 0, listing.stderr
+    # Name order; a name with a control character is JSON-quoted so each object stays on one line.
+    assert [line.split()[-1] for line in listing.stdout.splitlines()[1:]] == \
+        [f"{BUCKET}/k/one", f"{BUCKET}/k/two", f'"{BUCKET}/odd\\tkey"']
+    done = run("purge", f"{BUCKET}/odd\tkey", f"{BUCKET}/k/none")
+    assert done.returncode == 0 and "purge: 1 removed (5 bytes), 1 not cached" in done.stdout, done.stdout
+    done = run("purge", "--prefix", f"{BUCKET}/k/", "--env-file", str(workdir / ".env"), "--json", cwd=tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["counts"]["removed"] == 2, done.stdout + done.stderr
+    assert run("ls", "--json").stdout.strip() == "[]"
+    refused = run("purge", "--prefix", BUCKET)  # a prefix must name its bucket
+    assert refused.returncode == 2 and "BUCKET/" in refused.stderr
+    assert run("ls", cwd=tmp_path).returncode == 1  # no .env here: ./cache does not exist
