@@ -33,7 +33,6 @@ COPY pyproject.toml README.md Caddyfile /tmp/src/
 COPY s3cache /tmp/src/s3cache
 COPY sidecar /tmp/src/sidecar
 COPY evictor /tmp/src/evictor
-COPY commands /tmp/src/commands
 RUN /opt/s3cache/bin/pip install --no-deps /tmp/src && rm -rf /tmp/src
 
 USER s3cache

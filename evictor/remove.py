@@ -17,7 +17,7 @@ import os
 from typing import Iterable
 
 from evictor.report import Errors
-from s3cache.entries import acquire, release, remove_files
+from s3cache.entries import release, remove_files, try_lock
 from s3cache.layout import Layout
 
 
@@ -62,7 +62,7 @@ def remove_object(layout: Layout, object_path: bytes, meta_path: bytes, errors: 
     except UnicodeEncodeError:  # an undecodable name: no fill's
         return remove_files(object_path, meta_path, mark_paths, on_error)
     try:
-        fd = acquire(tmp)
+        fd = try_lock(tmp)
     except OSError as exc:
         errors.add(tmp, exc)
         return False

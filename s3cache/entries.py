@@ -38,11 +38,11 @@ DEFAULT_WAIT = 30.0
 _POLL = 0.02
 
 
-class LockChurn(OSError):
+class LockLost(OSError):
     """The temp path kept changing under us (others creating and removing it): try later."""
 
 
-def acquire(path: str) -> int | None:
+def try_lock(path: str) -> int | None:
     """flock ``path`` without waiting; the fd, or None when another holds it."""
     # A holder may unlink the path between our open and our flock; then we would
     # hold a lock on an orphan inode.  Re-check that the path still names the
@@ -62,7 +62,7 @@ def acquire(path: str) -> int | None:
         if st_path and (st_path.st_ino, st_path.st_dev) == (st_fd.st_ino, st_fd.st_dev):
             return fd
         os.close(fd)
-    raise LockChurn(errno.EAGAIN, "temp file kept changing under us", path)
+    raise LockLost(errno.EAGAIN, "temp file kept changing under us", path)
 
 
 def acquire_within(path: str, seconds: float) -> int | None:
@@ -70,8 +70,8 @@ def acquire_within(path: str, seconds: float) -> int | None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            fd = acquire(path)
-        except LockChurn:
+            fd = try_lock(path)
+        except LockLost:
             fd = None
         if fd is not None or time.monotonic() >= deadline:
             return fd

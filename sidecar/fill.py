@@ -102,8 +102,8 @@ class _FillLock:
     @staticmethod
     def acquire(path: str) -> int | None:
         try:
-            return entries.acquire(path)
-        except entries.LockChurn:
+            return entries.try_lock(path)
+        except entries.LockLost:
             raise FillFailed("lock", "temp file kept changing under us") from None
 
 

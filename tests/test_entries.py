@@ -108,7 +108,7 @@ def test_the_evictor_leaves_an_entry_whose_fill_is_running(layout):
     meta = os.fsencode(layout.meta_path(ref))
     marks = [os.fsencode(layout.mark_path(ref, k)) for k in MARK_KINDS]
     tmp = str(layout.temp_path(ref))
-    fd = entries.acquire(tmp)
+    fd = entries.try_lock(tmp)
     try:
         assert remove_object(layout, obj, meta, Errors(), marks) is False
         assert os.path.exists(obj) and os.path.exists(meta)

@@ -110,9 +110,12 @@ def test_a_purge_racing_a_fill_leaves_nothing_or_the_complete_object(tmp_path, m
             t.start()
         for t in threads:
             t.join(timeout=30)
-        assert results["fill"] == "filled", results
+        # A fill that meets the purge holding the lock leaves the object to a later miss ("busy").
+        assert results["fill"] in ("filled", "busy"), results
         assert results["purge"] in ("removed", "absent"), results
-        seen[_check(layout, ref, body, round_no)] += 1
+        outcome = _check(layout, ref, body, round_no)
+        assert outcome == "nothing" or results["fill"] == "filled", results
+        seen[outcome] += 1
         assert not list(layout.tmp_dir.iterdir()), f"round {round_no}: temp files left behind"
         entries.remove(layout, ref)  # start the next round from nothing
     # Both orders happened (a purge before the fill's end, and one after it): the race was run.
@@ -124,7 +127,7 @@ def test_a_purge_waits_for_a_running_fill_and_removes_what_it_stored(tmp_path):
     layout.ensure()
     ref = ObjectRef("race-bucket", "held.bin")
     tmp = str(layout.temp_path(ref))
-    fd = entries.acquire(tmp)  # as a fill holds it
+    fd = entries.try_lock(tmp)  # as a fill holds it
     assert fd is not None
     assert entries.remove(layout, ref, wait=0.2).outcome == "busy"
     obj = layout.object_path(ref)
