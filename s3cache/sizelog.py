@@ -35,6 +35,10 @@ from s3cache.layout import Layout
 JOURNAL = "size-journal.jsonl"
 ROTATED = "size-journal.1.jsonl"
 ROTATE_BYTES = 1 << 20
+# At most one rotation per this many seconds: far longer than the collector's refresh (5 s), so a reader
+# never misses a rotation between two reads (a file it knew by inode could otherwise be gone and its
+# inode number reused by the next journal).
+ROTATE_MIN_SECONDS = 60.0
 
 
 def journal_path(layout: Layout) -> str:
@@ -61,14 +65,21 @@ def record(layout: Layout, bytes_delta: int, files_delta: int, why: str, now: fl
         os.close(fd)
 
 
-def rotate(layout: Layout, max_bytes: int = ROTATE_BYTES) -> None:
+def rotate(layout: Layout, max_bytes: int = ROTATE_BYTES, min_seconds: float = ROTATE_MIN_SECONDS) -> bool:
     """After a pass: start a new journal once this one is large (the older half is then past any pass)."""
-    path = journal_path(layout)
+    path, rotated = journal_path(layout), rotated_path(layout)
     try:
-        if os.stat(path).st_size > max_bytes:
-            os.replace(path, rotated_path(layout))
+        if os.stat(path).st_size <= max_bytes:
+            return False
+        try:
+            if time.time() - os.stat(rotated).st_ctime < min_seconds:  # ctime: when it was renamed there
+                return False
+        except FileNotFoundError:
+            pass
+        os.replace(path, rotated)
+        return True
     except OSError:
-        pass
+        return False
 
 
 @dataclass
@@ -88,7 +99,9 @@ class Tally:
     def __init__(self, layout: Layout):
         self.layout = layout
         self.checkpoint: float | None = None
-        self._offsets: dict[tuple[int, int], int] = {}
+        # (inode, offset read to) of the current journal and of the rotated one, as of the last read.
+        self._current: tuple[tuple[int, int], int] | None = None
+        self._rotated: tuple[tuple[int, int], int] | None = None
         self._changes: list[Change] = []
         self.bytes = 0
         self.files = 0
@@ -105,28 +118,30 @@ class Tally:
         self.changes = len(kept)
 
     def read(self) -> None:
-        seen = set()
-        for path in (rotated_path(self.layout), journal_path(self.layout)):
-            try:
-                fh = open(path, "rb")
-            except OSError:
-                continue
-            with fh:
-                st = os.fstat(fh.fileno())
-                ident = (st.st_dev, st.st_ino)
-                seen.add(ident)
-                offset = self._offsets.get(ident, 0)
-                if st.st_size < offset:  # not ours any more (replaced in place): start over
-                    offset = 0
-                fh.seek(offset)
-                data = fh.read()
-                end = data.rfind(b"\n") + 1  # whole lines only: a writer may be mid-line
-                self._offsets[ident] = offset + end
-                for line in data[:end].splitlines():
-                    self._take(line)
-        for ident in list(self._offsets):
-            if ident not in seen:
-                del self._offsets[ident]
+        current, rotated = self._current, self._rotated
+        # The rotated file is the journal we were reading if a rotation happened since; its inode says so.
+        # (Matched by role as well as inode: a new journal may reuse a deleted file's inode number.)
+        self._rotated = self._follow(rotated_path(self.layout), (current, rotated))
+        moved = current is not None and self._rotated is not None and self._rotated[0] == current[0]
+        self._current = self._follow(journal_path(self.layout), () if moved else (current,))
+
+    def _follow(self, path: str, known) -> tuple[tuple[int, int], int] | None:
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            return None
+        with fh:
+            st = os.fstat(fh.fileno())
+            ident = (st.st_dev, st.st_ino)
+            offset = next((off for k in known if k is not None for i, off in [k] if i == ident), 0)
+            if st.st_size < offset:  # not the file we read (replaced in place): start over
+                offset = 0
+            fh.seek(offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # whole lines only: a writer may be mid-line
+        for line in data[:end].splitlines():
+            self._take(line)
+        return ident, offset + end
 
     def _take(self, line: bytes) -> None:
         try:

@@ -10,6 +10,7 @@ import os
 import random
 
 import pytest
+from hypothesis import given, strategies as st
 
 from s3cache import entries, sizelog
 from s3cache.config import Config
@@ -116,10 +117,10 @@ def test_a_new_pass_is_the_new_base_and_the_figure_survives_a_restart(layout):
     now = time.time()
     write_passes(layout, {"started_at": now, "finished_at": now + 0.1, "scanned_files": 2, "evicted_files": 1,
                           "evicted_bytes": 1000, "bytes_after": 10})
-    sizelog.rotate(layout, max_bytes=0)  # as the evictor does after a pass: changes since go to a new file
+    assert sizelog.rotate(layout, max_bytes=0)  # as the evictor does after a pass: changes since go to a new file
     assert live(c) == (10, 1) == true_size(layout)
     fill(layout, "c", b"c" * 5)
-    sizelog.rotate(layout, max_bytes=0)  # a rotation between two reads loses and repeats nothing
+    assert sizelog.rotate(layout, max_bytes=0, min_seconds=0)  # one between two reads loses and repeats nothing
     fill(layout, "d", b"d" * 7)
     assert live(c) == (22, 3) == true_size(layout)
     # A sidecar started now (a restart) reads the same from run/.
@@ -140,3 +141,26 @@ def test_a_change_journaled_by_another_process_counts(layout, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "removed live-bkt/x (64 bytes)" in done.stdout
     assert live(c) == (0, 0)
+
+
+@given(st.lists(st.sampled_from(["record", "rotate", "read"]), max_size=40))
+def test_the_tally_counts_every_change_once_across_rotations(tmp_path_factory, ops):
+    layout = Layout(tmp_path_factory.mktemp("tally") / "cache")
+    layout.ensure()
+    tally = sizelog.Tally(layout)
+    expected = n = rotations = 0
+    for op in ops:
+        if op == "record":
+            n += 1
+            sizelog.record(layout, n, 1, "fill")
+            expected += n
+        elif op == "rotate":
+            rotations += sizelog.rotate(layout, max_bytes=0)
+        else:
+            tally.read()
+    tally.read()
+    assert rotations <= 1  # at most one a minute: nothing a reader knew is gone before it reads again
+    assert (tally.bytes, tally.files) == (expected, n)
+    reread = sizelog.Tally(layout)  # a restart reads the same
+    reread.read()
+    assert (reread.bytes, reread.files) == (expected, n)
