@@ -16,9 +16,10 @@ pass is walking may be counted by the walk and the journal both (or, for a
 removal, neither twice): the next pass measures again.
 
 The journal is ``run/size-journal.jsonl``; the evictor rotates it to
-``size-journal.1.jsonl`` after a pass, once it is large.  Everything still
-needed (since the last pass started) is then in the two files: a rotation at
-one pass's end drops only what is older than the next pass's start.  Writers
+``size-journal.1.jsonl`` after a pass, once it is large (at most once a
+minute).  Everything still needed (since the last pass started) is then in the
+two files: a rotation at one pass's end drops only what is older than the next
+pass's start.  Writers
 append one short line per change with ``O_APPEND`` (atomic between
 processes); readers take whole lines only.
 """
