@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from commands import caddy_env, evict, reload, stats, up, warm
+from commands import caddy_env, evict, ls, purge, reload, stats, up, warm
 from commands.common import StartError
 from s3cache.config import ConfigError
 
 # In the order `s3cache --help` lists them.
-SUBCOMMANDS = (up, evict, warm, stats, reload, caddy_env)
+SUBCOMMANDS = (up, evict, warm, stats, reload, caddy_env, purge, ls)
 
 
 def build_parser() -> argparse.ArgumentParser:

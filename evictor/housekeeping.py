@@ -5,8 +5,10 @@
   it only while *holding* that lock, and only once it is older than the grace
   period: a fill may have just opened it and not yet locked it, and then its
   own inode re-check after locking sends it round again.
-- ``tmp/<sha>.meta.part``: a fill's metadata before its rename.  It carries no
-  lock of its own; the fill holds the lock of ``<sha>.part`` while writing it.
+- ``tmp/<sha>.meta.part`` and ``tmp/<sha>.link.part``: a fill's metadata before
+  its rename, and its finished file's second name on its way into ``objects/``.
+  They carry no lock of their own; the fill holds the lock of ``<sha>.part``
+  while they exist.
 - ``meta/...`` files and ``marks/...`` with no object beside them (found by
   the scan): a fill writes a mark *before* renaming the object in, so only old
   ones are orphans, and the object is looked for once more right before the
@@ -30,7 +32,7 @@ from s3cache.layout import TEMP_SUFFIX, Layout
 GRACE_SECONDS = 300.0
 
 _PART = TEMP_SUFFIX.encode()
-_META_PART = b".meta" + _PART
+_SIDE_PARTS = (b".meta" + _PART, b".link" + _PART)  # locked through <sha>.part
 
 # on_remove(kind, path, size), after each removal (or instead of it, in a dry run): what run_once prints.
 OnRemove = Callable[[str, bytes, int], None]
@@ -85,7 +87,8 @@ def sweep_temp(layout: Layout, *, now: float, grace: float = GRACE_SECONDS, dry_
         name = entry.name
         # The lock that says "a fill owns this": the .part itself, or for
         # metadata the .part of the same object.
-        lock_path = (tmp + b"/" + name[:-len(_META_PART)] + _PART) if name.endswith(_META_PART) else entry.path
+        side = next((suffix for suffix in _SIDE_PARTS if name.endswith(suffix)), None)
+        lock_path = (tmp + b"/" + name[:-len(side)] + _PART) if side else entry.path
         fd = _open_nofollow(entry.path)
         if fd is None:
             continue  # gone already, or not a plain file

@@ -2,9 +2,9 @@
 
 - An object is removed with a plain ``unlink``: a response being served from
   it keeps its open file and finishes; the next request is a miss.
-- The object goes first, its metadata and mark second: a crash in between
-  leaves an orphaned metadata file or mark (swept later), never a served
-  object without a decision about it.
+- An object goes with its metadata and marks by ``s3cache.entries``, the one
+  removal every part uses, under the entry's lock: an object whose fill (a
+  refresh) is running is skipped, never removed under the fill's feet.
 - Directories are only ever removed with ``os.rmdir``, which fails on anything
   not empty, and never a bucket's top directory (fills would recreate it over
   and over).  A fill that loses the race with an ``rmdir`` gets ENOENT from
@@ -17,6 +17,7 @@ import os
 from typing import Iterable
 
 from evictor.report import Errors
+from s3cache.entries import release, remove_files, try_lock
 from s3cache.layout import Layout
 
 
@@ -45,14 +46,32 @@ def object_for_meta(layout: Layout, meta_path: bytes) -> bytes:
     return os.fsencode(layout.object_path_for_meta_file(os.fsdecode(meta_path)))
 
 
-def remove_object(object_path: bytes, meta_path: bytes, errors: Errors, mark_paths: Iterable[bytes] = ()) -> bool:
-    """Unlink an object file and then its metadata and marks; True if the object was ours to remove."""
-    if not unlink(object_path, errors):
+def remove_object(layout: Layout, object_path: bytes, meta_path: bytes, errors: Errors,
+                  mark_paths: Iterable[bytes] = ()) -> bool:
+    """Remove an object with its metadata and marks; True if the object was ours to remove.
+
+    Under the entry's lock when the path names a key a fill could write
+    (anything else no fill ever touches); a locked entry is left alone.
+    """
+    def on_error(path, exc: OSError) -> None:
+        errors.add(os.fsdecode(path), exc)
+
+    ref = layout.ref_for_object_file(os.fsdecode(object_path))
+    try:
+        tmp = str(layout.temp_path(ref))
+    except UnicodeEncodeError:  # an undecodable name: no fill's
+        return remove_files(object_path, meta_path, mark_paths, on_error)
+    try:
+        fd = try_lock(tmp)
+    except OSError as exc:
+        errors.add(tmp, exc)
         return False
-    unlink(meta_path, errors)
-    for mark in mark_paths:
-        unlink(mark, errors)
-    return True
+    if fd is None:
+        return False  # being filled (refreshed) right now: not a victim
+    try:
+        return remove_files(object_path, meta_path, mark_paths, on_error)
+    finally:
+        release(fd, tmp)
 
 
 def prune_dirs(layout: Layout, dirs: Iterable[bytes]) -> int:

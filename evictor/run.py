@@ -21,6 +21,7 @@ from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove
 from evictor.report import Errors, PassSummary, write_pass
 from evictor.scan import PassAborted, scan
 from s3cache.config import Config
+from s3cache import sizelog
 from s3cache.layout import Layout
 
 LOCK_FILE = "evictor.lock"
@@ -96,7 +97,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                     raise PassAborted()
                 path = table.path(i)
                 meta, marks = meta_for_object(layout, path), marks_for_object(layout, path)
-                if dry_run or remove_object(path, meta, errors, marks):
+                if dry_run or remove_object(layout, path, meta, errors, marks):
                     if on_remove is not None:
                         on_remove("object", path, table.size[i])
                     summary.evicted_files += 1
@@ -139,6 +140,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
     if not dry_run:
         try:
             write_pass(layout, summary)
+            sizelog.rotate(layout)  # what the journal held before this pass started is no longer needed
         except OSError as exc:  # the pass itself is done; say so in its line
             errors.add("writing run/evictor.json", exc)
             summary.errors, summary.error_samples = errors.count, errors.samples

@@ -324,7 +324,8 @@ class Config:
         "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only.")
     admin_allow: tuple = setting(
         "127.0.0.0/8,::1/128", _cidrs,
-        "Client addresses (CIDRs, comma-separated) allowed the status page, metrics and health; others get 403.")
+        "Client addresses (CIDRs, comma-separated) allowed the status page, metrics, the objects API (list, "
+        "purge) and health; others get 403.")
     egress_price_per_gb: float = setting(
         "0.09", _price,
         "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved.")

@@ -10,7 +10,9 @@ module hands it, the sidecar's fills, the evictor) goes through here.
                                send itself (sidecar/hit_headers.py); open-mode hits of it ask the sidecar
       marks/octet/<bucket>/<key>    empty: its Content-Type is S3's default binary/octet-stream and
                                nothing else needs the sidecar; Caddy sets that type itself
-      tmp/<sha256>.part        a fill in progress; its flock *is* the fill lock
+      tmp/<sha256>.part        a fill in progress; its flock *is* the entry's lock (s3cache/entries.py)
+      tmp/<sha256>.link.part   a fill's second name for its finished file, renamed into objects/
+      run/size-journal.jsonl   the cache's size changes since the last eviction pass (s3cache/sizelog.py)
       run/parts.json           the supervisor's parts (front-parts.json for a front tier)
       run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
@@ -149,6 +151,11 @@ class Layout:
         """Where a fill of ``ref`` streams to; flock on it means a fill is running."""
         digest = hashlib.sha256(ref.name.encode("utf-8")).hexdigest()
         return self.tmp_dir / f"{digest}{TEMP_SUFFIX}"
+
+    def link_temp_path(self, ref: ObjectRef) -> Path:
+        """A finished fill's second name, renamed into ``objects/`` while the temp path keeps the lock."""
+        digest = hashlib.sha256(ref.name.encode("utf-8")).hexdigest()
+        return self.tmp_dir / f"{digest}.link{TEMP_SUFFIX}"
 
     def meta_temp_path(self, ref: ObjectRef) -> Path:
         """Metadata is written here and renamed into ``meta/`` once complete."""

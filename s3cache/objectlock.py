@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
+
+# How often a waiting acquirer tries again.
+_POLL = 0.02
 
 
 class LockLost(OSError):
@@ -40,6 +44,19 @@ def try_lock(path: str, attempts: int = 5) -> int | None:
             return fd
         os.close(fd)
     raise LockLost(f"{path} kept changing under us")
+
+
+def acquire_within(path: str, seconds: float) -> int | None:
+    """Lock ``path``, waiting up to ``seconds`` for its holder; None if it still holds it then."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fd = try_lock(path)
+        except LockLost:
+            fd = None
+        if fd is not None or time.monotonic() >= deadline:
+            return fd
+        time.sleep(_POLL)
 
 
 def release(fd: int, path: str | None = None) -> None:

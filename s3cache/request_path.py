@@ -77,6 +77,11 @@ def _decode(raw: str, what: str) -> str:
     return text
 
 
+def decode_component(raw: str, what: str) -> str:
+    """A percent-encoded path segment or query value, decoded as S3 decodes a key (``+`` stays a plus)."""
+    return _decode(raw, what)
+
+
 def parse_uri(raw_uri: str, bucket: str | None = None) -> ParsedURI:
     """Parse a request URI: path-style ``/bucket/key?query``, or ``/key?query`` when the bucket
     is already known from the Host (virtual-hosted style; see s3cache.addressing).

@@ -98,6 +98,12 @@ def headline_rows(snap: dict) -> list[tuple[str, str, str, str]]:
     return [(key, label, hour[key], since[key]) for key, label in HEADLINE]
 
 
+def _changes(n: int | None) -> str:
+    if not n:
+        return "with no fill or removal since"
+    return f"plus {fmt_count(n)} fill{'s' if n != 1 else ''} and removals since"
+
+
 def details(snap: dict) -> dict[str, str]:
     """The other figures the page and the command both show, by key."""
     since, fills, disk, ev = snap["since_start"], snap["fills"], snap["disk"], snap["evictor"]
@@ -123,7 +129,8 @@ def details(snap: dict) -> dict[str, str]:
         "cache_size": ("–" if disk["cache_bytes"] is None else
                        f"{fmt_bytes(disk['cache_bytes'])}{cap} in {fmt_count(disk['cache_files'])} files"),
         "cache_as_of": "no eviction pass yet" if disk["cache_as_of"] is None else
-                       f"as of the last eviction pass, {fmt_age(now - disk['cache_as_of'])} ago",
+                       f"live: the last eviction pass's measure ({fmt_age(now - disk['cache_as_of'])} ago) "
+                       f"{_changes(disk.get('changes_since_pass'))}",
         "fills_in_progress": fmt_count(fills["in_progress"]),
         "fills_filled": fmt_count(fills["filled"]),
         "fills_failed": fmt_count(fills["failed"]) + (f" ({failed})" if failed else ""),

@@ -27,6 +27,14 @@ HEALTH_PATH = PREFIX + "/health"
 METRICS_PATH = PREFIX + "/metrics"
 STATS_PATH = PREFIX + "/stats.json"   # the snapshot the page, the metrics and `s3cache stats` render
 PAGE_PATHS = ("/", PREFIX, PREFIX + "/")  # the status page
+# The cached objects (admin): GET lists (?prefix=&after=&limit=) or shows /objects/<bucket>/<key>;
+# DELETE purges /objects/<bucket>/<key>, or every object under ?prefix=<bucket>/<keyprefix>.
+OBJECTS_PATH = PREFIX + "/objects"
+
+
+def is_objects(path: str) -> bool:
+    """A raw path (no query) for the objects API: ``/_s3cache/objects`` or anything below it."""
+    return path == OBJECTS_PATH or path.startswith(OBJECTS_PATH + "/")
 
 
 def is_internal(path: str) -> bool:

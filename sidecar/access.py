@@ -28,7 +28,8 @@ from flask import Response
 from s3cache import metadata
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
-from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
+from s3cache import entries
+from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from s3cache.wire import SERVED_HEADER
 from sidecar import freshness, hit_headers
@@ -231,8 +232,7 @@ def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout
 
 
 def remove_cached(layout: Layout, ref: ObjectRef) -> None:
-    for path in (layout.object_path(ref), layout.meta_path(ref), *(layout.mark_path(ref, k) for k in MARK_KINDS)):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    """S3 says the object is gone (or changed, for a HEAD): drop the entry, unless a fill is writing it now."""
+    removal = entries.remove(layout, ref, wait=0.0, why="gone")
+    if removal.outcome not in ("removed", "absent"):
+        log.info("kept %s: %s (%s)", ref.name, removal.outcome, removal.detail)

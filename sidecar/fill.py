@@ -13,7 +13,11 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    and only once the file on disk holds exactly that many bytes.
 3. The object is renamed into ``objects/`` atomically (Caddy sees either
    nothing or the whole file), then its metadata is written to ``meta/``
-   (s3cache/metadata.py).
+   (s3cache/metadata.py).  The renamed name is a second hard link of the temp
+   file, so the temp path (and with it the lock) stays until the metadata and
+   marks are in place: a purge (``s3cache.entries``) waiting on the lock never
+   sees an object without its metadata.  The change in size goes to
+   ``s3cache.sizelog``.
 
 The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
 as the client sent it), and the whole fetch has a deadline derived from its
@@ -41,7 +45,7 @@ import http.client
 
 import urllib3
 
-from s3cache import metadata, objectlock
+from s3cache import entries, metadata, objectlock, sizelog
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.redact import redact
@@ -412,11 +416,42 @@ class Filler:
         kind = hit_headers.mark_kind(ref.key, headers)
         if kind is not None:
             self._mark(ref, kind)
-        _rename_into(tmp, final)
+        try:
+            old_size = os.lstat(final).st_size
+        except OSError:
+            old_size = None
+        linked = self._publish(ref, tmp, final)
         for other in MARK_KINDS:
             if other != kind:
                 self._unmark(ref, other)
-        self._write_meta(ref, headers, os.fstat(fd).st_size)
+        size = os.fstat(fd).st_size
+        self._write_meta(ref, headers, size)
+        sizelog.record(self.layout, size - (old_size or 0), 0 if old_size is not None else 1, "fill")
+        if linked:
+            _unlink_quietly(tmp)  # still ours: nobody unlinks a locked temp path; the caller's close unlocks
+
+    def _publish(self, ref: ObjectRef, tmp: str, final: str) -> bool:
+        """Put the finished temp file in place as ``final``; True if the temp path still names it (and so the lock).
+
+        A second hard link is renamed into place (atomically replacing any old
+        object), so the locked temp path stays until the whole entry is
+        written.  Where the filesystem has no hard links, a plain rename.
+        """
+        link = str(self.layout.link_temp_path(ref))
+        _unlink_quietly(link)  # a dead fill's
+        try:
+            os.link(tmp, link)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            _rename_into(tmp, final)
+            return False
+        try:
+            _rename_into(link, final)
+        except BaseException:
+            _unlink_quietly(link)
+            raise
+        return True
 
     def _unmark(self, ref: ObjectRef, kind: str) -> None:
         try:

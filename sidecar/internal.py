@@ -5,6 +5,7 @@
     /_s3cache/stats.json       the snapshot all three render (``s3cache stats`` reads it)
     /_s3cache/health           each part's status (``sidecar.health``)
     /_s3cache/auth             Caddy's forward_auth before it serves a cached file (``sidecar.access``)
+    /_s3cache/objects[/...]    list (GET) and purge (DELETE) cached objects (``sidecar.objects_api``)
     /_s3cache/<anything else>  404
 
 Who may ask (the blueprint's ``before_request``, nowhere else): clients in
@@ -23,11 +24,12 @@ from __future__ import annotations
 import json
 
 from flask import Blueprint, Response, request
+from werkzeug.routing import BaseConverter
 
 from s3cache import wire
 from s3cache.config import Config
 from s3cache.layout import Layout
-from sidecar import admin, health, metrics, status_page
+from sidecar import admin, health, metrics, objects_api, status_page
 from sidecar.access import HitRequest, check_hit
 from sidecar.fill import Filler
 from sidecar.s3errors import error_response
@@ -45,7 +47,14 @@ LOOPBACK_TOO = {"internal.health"}     # allow-list, or loopback
 
 def routes(path: str, method: str) -> bool:
     """Whether a request for a raw path (no query) is one of the blueprint's routes."""
-    return path in ROUTED and method in METHODS
+    return (path in ROUTED or wire.is_objects(path)) and method in METHODS
+
+
+class _Anything(BaseConverter):
+    """The rest of a path, whatever it holds (newlines too): the objects API reads the raw URI itself."""
+
+    regex = r"[\s\S]*"
+    part_isolating = False
 
 
 def not_found(path: str) -> Response:
@@ -64,6 +73,7 @@ def _no_store(resp: Response) -> Response:
 def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
               upstream: Upstream) -> Blueprint:
     bp = Blueprint("internal", __name__)
+    bp.record_once(lambda state: state.app.url_map.converters.setdefault("anything", _Anything))
 
     @bp.before_request
     def guard() -> Response | None:
@@ -91,6 +101,12 @@ def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
     @bp.route(wire.HEALTH_PATH, endpoint="health", methods=METHODS)
     def health_json() -> Response:
         return health.health_response(config, layout, filler)
+
+    @bp.route(wire.OBJECTS_PATH + "<anything:_rest>", endpoint="objects", methods=METHODS)
+    def objects(_rest: str) -> Response:
+        # The raw URI, never Werkzeug's decoded path: keys must arrive byte for byte.
+        raw = request.headers.get(wire.RAW_URI_HEADER) or request.environ.get("REQUEST_URI") or request.full_path
+        return objects_api.handle(request.method, raw, layout)
 
     @bp.route(wire.AUTH_PATH, endpoint="auth", methods=METHODS)
     def auth() -> Response:

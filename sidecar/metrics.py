@@ -124,9 +124,13 @@ def render(snap: dict) -> str:
             [({}, last.get("duration_seconds"))])
 
     disk = snap["disk"]
-    fam("s3cache_cache_bytes", "gauge", "Bytes of cached objects, as of the last eviction pass.",
+    fam("s3cache_cache_bytes", "gauge",
+        "Bytes of cached objects now: the last eviction pass's measure plus fills and minus removals since.",
         [({}, disk["cache_bytes"])])
-    fam("s3cache_cache_files", "gauge", "Cached objects, as of the last eviction pass.", [({}, disk["cache_files"])])
+    fam("s3cache_cache_files", "gauge", "Cached objects now (the last pass's count plus fills, minus removals, since).",
+        [({}, disk["cache_files"])])
+    fam("s3cache_cache_measured_bytes", "gauge", "Bytes of cached objects as the last eviction pass measured them.",
+        [({}, disk.get("measured_bytes"))])
     fam("s3cache_disk_used_bytes", "gauge", "Used bytes of the cache's filesystem (as df counts them).",
         [({}, disk["used_bytes"])])
     fam("s3cache_disk_available_bytes", "gauge", "Available bytes of the cache's filesystem.",
