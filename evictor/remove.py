@@ -17,7 +17,8 @@ import os
 from typing import Iterable
 
 from evictor.report import Errors
-from s3cache.entries import release, remove_files, try_lock
+from s3cache.entries import remove_files
+from s3cache.objectlock import release, try_lock
 from s3cache.layout import Layout
 
 

@@ -136,7 +136,7 @@ def test_a_change_journaled_by_another_process_counts(layout, tmp_path):
     c = collector(layout)
     assert live(c) == (64, 1)
     env = {**os.environ, "S3CACHE_DIR": str(layout.root), "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "s3cache.cli", "purge", "live-bkt/x"], env=env, cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "commands.main", "purge", "live-bkt/x"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "removed live-bkt/x (64 bytes)" in done.stdout
