@@ -267,7 +267,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("S3CACHE_MAX_BYTES", "", _optional_positive_int,
             "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only."),
     Setting("S3CACHE_ADMIN_ALLOW", "127.0.0.0/8,::1/128", _cidrs,
-            "Client addresses (CIDRs, comma-separated) allowed the status page, metrics and health; others get 403."),
+            "Client addresses (CIDRs, comma-separated) allowed the status page, metrics and health's details; others get "
+            "403 (health answers them its status alone)."),
     Setting("S3CACHE_EGRESS_PRICE_PER_GB", "0.09", _price,
             "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved."),
     Setting("S3CACHE_NODES", "", _nodes,
