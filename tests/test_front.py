@@ -1,13 +1,14 @@
-"""The front tier end to end: three full nodes behind `s3cache up --front`, sharded by object path.
+"""The front tier end to end: full nodes behind `s3cache up --front`, sharded by object path.
 
 Each node is a whole stack (Caddy, sidecar, evictor, its own cache directory); the front is Caddy
 alone with Caddyfile.front. Everything is on 127.0.0.1, in front of the signature-enforcing origin.
+Three nodes for sharding; two for what an attacker or a bad node can do to the tier (hostile paths,
+Hosts and bodies, a hung node, health probes from another host, secrets in Caddy's error lines).
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import signal
