@@ -325,7 +325,7 @@ class Config:
     admin_allow: tuple = setting(
         "127.0.0.0/8,::1/128", _cidrs,
         "Client addresses (CIDRs, comma-separated) allowed the status page, metrics, the objects API (list, "
-        "purge) and health; others get 403.")
+        "purge) and health's details; others get 403 (health answers them its status alone).")
     egress_price_per_gb: float = setting(
         "0.09", _price,
         "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved.")

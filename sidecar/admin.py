@@ -15,8 +15,10 @@ directly can also ask it for misses.  A public peer's headers prove nothing.
   every client look local.
 - A direct connection to the sidecar's private port has no such headers; its
   client is the peer itself (``s3cache stats`` asks that way, from loopback).
-- Health stays reachable from loopback whatever the list says: docker and
-  systemd health checks run on the machine itself.
+- Health's full report also goes to loopback whatever the list says: docker
+  and systemd health checks run on the machine itself.  (Its bare status
+  answers anyone, so a front tier on another host can probe a node:
+  ``sidecar.internal``.)
 """
 
 from __future__ import annotations

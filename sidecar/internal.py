@@ -10,9 +10,13 @@
 
 Who may ask (the blueprint's ``before_request``, nowhere else): clients in
 ``S3CACHE_ADMIN_ALLOW`` (``sidecar.admin`` says who the client is), with two
-explicit exceptions: health answers loopback too, whatever the list says
-(docker and systemd health checks run on the machine itself), and auth is
-Caddy's own question about a client's request, never a client's.
+explicit exceptions: health answers everyone, and auth is Caddy's own question
+about a client's request, never a client's.  Health's full report (parts, pids,
+the cache directory, disk figures, reasons) goes to the list and to loopback
+(docker and systemd health checks run on the machine itself); anyone else gets
+the same status code with only ``{"status": "ok"}`` or ``{"status":
+"degraded"}``: a front tier on another host (``s3cache up --front``) probes
+its nodes' health from an address no admin list needs to name.
 
 Only a path sent exactly as routed here reaches the blueprint
 (``routes``): the rest of the sidecar dispatches on raw URIs, and
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 from werkzeug.routing import BaseConverter
 
 from s3cache import wire
@@ -42,7 +46,7 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 # The guard's exceptions, by endpoint name.
 CADDY_ONLY = {"internal.auth"}         # no allow-list: Caddy asks on a client's behalf
-LOOPBACK_TOO = {"internal.health"}     # allow-list, or loopback
+ANYONE_BRIEFLY = {"internal.health"}   # the status to anyone; the details to the allow-list, or loopback
 
 
 def routes(path: str, method: str) -> bool:
@@ -80,7 +84,10 @@ def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
         if request.endpoint in CADDY_ONLY:
             return None
         ip = admin.client_ip(request.environ.get("REMOTE_ADDR"), request.headers)
-        if not admin.allowed(ip, config.admin_allow, loopback_too=request.endpoint in LOOPBACK_TOO):
+        if request.endpoint in ANYONE_BRIEFLY:
+            g.s3cache_details = admin.allowed(ip, config.admin_allow, loopback_too=True)
+            return None
+        if not admin.allowed(ip, config.admin_allow):
             return error_response(403, "AccessDenied", "This endpoint is restricted to S3CACHE_ADMIN_ALLOW.")
         return None
 
@@ -100,7 +107,11 @@ def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
 
     @bp.route(wire.HEALTH_PATH, endpoint="health", methods=METHODS)
     def health_json() -> Response:
-        return health.health_response(config, layout, filler)
+        if g.get("s3cache_details"):
+            return health.health_response(config, layout, filler)
+        ok, _ = health.health_report(config, layout, filler)
+        brief = {"status": "ok" if ok else "degraded"}
+        return _no_store(Response(json.dumps(brief), status=200 if ok else 503, content_type="application/json"))
 
     @bp.route(wire.OBJECTS_PATH + "<anything:_rest>", endpoint="objects", methods=METHODS)
     def objects(_rest: str) -> Response:

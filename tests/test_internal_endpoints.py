@@ -30,10 +30,15 @@ def test_the_allow_list_guards_every_admin_endpoint(client, path):
     assert resp.status_code == 403 and b"S3CACHE_ADMIN_ALLOW" in resp.data
 
 
-def test_health_answers_loopback_whatever_the_list_says(client):
-    assert get(client, wire.HEALTH_PATH).status_code == 200
-    assert get(client, wire.HEALTH_PATH, peer="192.0.2.7").status_code == 200
-    assert get(client, wire.HEALTH_PATH, peer="198.51.100.1").status_code == 403
+def test_health_answers_everyone_but_details_only_loopback_and_the_list(client):
+    for peer in ("127.0.0.1", "192.0.2.7"):
+        resp = get(client, wire.HEALTH_PATH, peer=peer)
+        assert resp.status_code == 200 and "parts" in resp.get_json(), peer
+    # Anyone else (a front tier on another host): the status alone, with the same code.
+    for peer, headers in (("198.51.100.1", {}),
+                          ("127.0.0.1", {wire.RAW_URI_HEADER: wire.HEALTH_PATH, wire.CLIENT_IP_HEADER: "10.0.0.5"})):
+        resp = get(client, wire.HEALTH_PATH, peer=peer, headers=headers)
+        assert (resp.status_code, resp.get_json(), resp.headers["Cache-Control"]) == (200, {"status": "ok"}, "no-store")
 
 
 @pytest.mark.parametrize("raw_path", ["/_s3cache/nope", "/_s3cache//metrics", "/_s3cache/%6detrics",
