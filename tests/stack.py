@@ -64,14 +64,14 @@ class Stack:
         self.log_path = self.workdir / "stack.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0) -> "Stack":
+    def start(self, timeout: float = 60.0) -> "Stack":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(BIN / "s3cache"), "up"], env=self.env, cwd=self.workdir, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.wait_healthy(timeout)
         return self
 
-    def wait_healthy(self, timeout: float = 20.0) -> None:
+    def wait_healthy(self, timeout: float = 60.0) -> None:
         def healthy():
             if self.proc.poll() is not None:
                 raise AssertionError(f"s3cache up exited ({self.proc.returncode}):\n{self.log_text()}")
@@ -167,7 +167,7 @@ class FrontStack(Stack):
         super().__init__(workdir, upstream, **{"S3CACHE_NODES": node_list, **env})
         self.nodes = nodes
 
-    def start(self, timeout: float = 20.0) -> "FrontStack":
+    def start(self, timeout: float = 60.0) -> "FrontStack":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--front"], env=self.env, cwd=self.workdir, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
