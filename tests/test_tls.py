@@ -6,6 +6,7 @@ is checked as Caddy adapts it."""
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from s3cache.config import Config, ConfigError, caddy_environment
 from tests.stack import BIN, Stack, free_port, wait_until
@@ -287,7 +289,7 @@ def admin_status(stack: Stack, source: str, forwarded_for: str | None = None, pa
     """GET an admin page from ``source`` (a loopback address standing in for a host), as a proxy would send it."""
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10, source_address=(source, 0))
     try:
-        conn.request("GET", path, headers={"X-Forwarded-For": forwarded_for} if forwarded_for else {})
+        conn.request("GET", path, headers={} if forwarded_for is None else {"X-Forwarded-For": forwarded_for})
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -318,3 +320,47 @@ def test_without_trusted_proxies_no_forwarded_header_is_believed(make_stack):
     stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_ADMIN_ALLOW="192.0.2.7/32")
     assert admin_status(stack, "127.0.0.2", "192.0.2.7") == 403
     assert admin_status(stack, "127.0.0.1", "192.0.2.7") == 403
+
+
+# What Caddy reads from each X-Forwarded-For entry (None: not an address, skipped), and the rule: from a
+# trusted proxy, right to left, the first address that is not a trusted proxy; if none, the proxy itself.
+FORWARDED = {
+    "192.0.2.7": "192.0.2.7", " 192.0.2.8 ": "192.0.2.8", "192.0.2.9:4711": "192.0.2.9",
+    "192.0.2.200": "192.0.2.200", "198.51.100.1": "198.51.100.1", "[2001:db8::1]:80": "2001:db8::1",
+    "127.0.0.1": "127.0.0.1", "10.1.2.3": "10.1.2.3", "127.0.0.2": "127.0.0.2", "unknown": None, "": None,
+}
+TRUSTED = [ipaddress.ip_network("127.0.0.2/32"), ipaddress.ip_network("10.0.0.0/8")]
+ADMIN_ALLOW = [ipaddress.ip_network("192.0.2.0/25"), ipaddress.ip_network("127.0.0.2/32")]
+
+
+def expected_client(peer: str, entries: list[str] | None) -> str:
+    def trusted(ip: str) -> bool:
+        return any(ipaddress.ip_address(ip) in net for net in TRUSTED if ipaddress.ip_address(ip).version == net.version)
+    if entries is None or not trusted(peer):
+        return peer
+    for entry in reversed(entries):
+        ip = FORWARDED[entry]
+        if ip is not None and not trusted(ip):
+            return ip
+    return peer
+
+
+@pytest.fixture(scope="module")
+def proxied_stack(tmp_path_factory, origin):
+    stack = Stack(tmp_path_factory.mktemp("proxied"), origin.url, S3CACHE_ACCESS="open",
+                  S3CACHE_TRUSTED_PROXIES=",".join(map(str, TRUSTED)), S3CACHE_ADMIN_ALLOW=",".join(map(str, ADMIN_ALLOW)))
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(peer=st.sampled_from(["127.0.0.1", "127.0.0.2"]),
+       entries=st.none() | st.lists(st.sampled_from(sorted(FORWARDED)), max_size=4),
+       separator=st.sampled_from([",", ", "]))
+def test_the_admin_allow_list_judges_the_client_the_trusted_proxies_name(proxied_stack, peer, entries, separator):
+    header = None if entries is None else separator.join(entries)
+    client = ipaddress.ip_address(expected_client(peer, entries))
+    want = 200 if any(client.version == net.version and client in net for net in ADMIN_ALLOW) else 403
+    assert admin_status(proxied_stack, peer, header) == want, (peer, header, str(client))
