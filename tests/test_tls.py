@@ -270,6 +270,8 @@ def test_the_internal_ca_is_never_installed_in_the_systems_trust_store(make_tls_
     after = set(os.listdir("/usr/local/share/ca-certificates")) if os.path.isdir("/usr/local/share/ca-certificates") else set()
     assert after == before
     assert "installing root certificate" not in stack.log_text()
+    # Nothing is logged at WARN unless something is wrong, with TLS on too.
+    assert [line for line in stack.log_text().splitlines() if "WARN" in line or "ERROR" in line] == []
 
 
 def test_up_refuses_a_certificate_file_it_cannot_read(origin, tmp_path):
@@ -364,3 +366,30 @@ def test_the_admin_allow_list_judges_the_client_the_trusted_proxies_name(proxied
     client = ipaddress.ip_address(expected_client(peer, entries))
     want = 200 if any(client.version == net.version and client in net for net in ADMIN_ALLOW) else 403
     assert admin_status(proxied_stack, peer, header) == want, (peer, header, str(client))
+
+
+def test_reload_turns_tls_on_in_place(origin, tmp_path):
+    """An operator's move: add the TLS lines to the env file, `s3cache reload`; the port now speaks HTTPS."""
+    env_file = tmp_path / "s3cache.env"
+    env_file.write_text("S3CACHE_ACCESS=open\n")
+    stack = Stack(tmp_path / "stack", origin.url)
+    stack._log = open(stack.log_path, "ab")
+    stack.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--env-file", str(env_file)], env=stack.env,
+                                  stdout=stack._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        stack.wait_healthy()
+        http_port = free_port()
+        env_file.write_text(f"S3CACHE_ACCESS=open\nS3CACHE_TLS=internal\nS3CACHE_TLS_NAMES=127.0.0.1\n"
+                            f"S3CACHE_HTTP_PORT={http_port}\n")
+        done = subprocess.run([str(BIN / "s3cache"), "reload", "--env-file", str(env_file)], env=stack.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr + stack.log_text()
+        https = f"https://127.0.0.1:{stack.port}"
+        root = internal_root(stack)
+        wait_until(root.is_file, 20, what="Caddy's internal root")
+        health = requests.get(https + "/_s3cache/health", verify=str(root), timeout=10)
+        assert health.status_code == 200
+        moved = requests.get(f"http://127.0.0.1:{http_port}/b/k?x=1", allow_redirects=False, timeout=10)
+        assert (moved.status_code, moved.headers["Location"]) == (308, https + "/b/k?x=1")
+    finally:
+        stack.stop()
