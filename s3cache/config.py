@@ -466,7 +466,7 @@ def caddy_tls_environment(config: Config) -> dict[str, str]:
     """What the Caddyfiles read about TLS and the proxies in front, from several settings together.
 
     S3CACHE_CADDY_SITE is the site address (plain HTTP on the port, or https:// for each name);
-    S3CACHE_CADDY_TLS picks the tls_* snippet, S3CACHE_CADDY_REDIRECT the redirect_* one.
+    S3CACHE_CADDY_TLS picks the tls_* snippet, S3CACHE_CADDY_HTTPS the https_* one.
     """
     port = config.listen.port
     tls = config.tls != "off"
@@ -478,7 +478,7 @@ def caddy_tls_environment(config: Config) -> dict[str, str]:
         "S3CACHE_CADDY_SITE": (" ".join(f"https://{name}:{port}" for name in config.tls_names) if tls
                                else f"http://:{port}"),
         "S3CACHE_CADDY_TLS": snippet,
-        "S3CACHE_CADDY_REDIRECT": "on" if tls else "off",
+        "S3CACHE_CADDY_HTTPS": "on" if tls else "off",
         "S3CACHE_CADDY_HTTP_PORT": str(config.http_port),
         # Caddy's idea of the HTTPS port; plain HTTP on it would "violate convention", so off keeps Caddy's own.
         "S3CACHE_CADDY_HTTPS_PORT": str(port) if tls else "443",
