@@ -19,7 +19,7 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from s3cache.config import Config, ConfigError, caddy_environment
-from tests.stack import BIN, Stack, free_port, wait_until
+from tests.stack import BIN, FrontStack, Stack, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CADDY = str(BIN / "caddy")
@@ -402,3 +402,48 @@ def test_reload_turns_tls_on_in_place(origin, tmp_path):
         assert (moved.status_code, moved.headers["Location"]) == (308, https + "/b/k?x=1")
     finally:
         stack.stop()
+
+
+class TLSFront(FrontStack):
+    """`s3cache up --front` with S3CACHE_TLS=internal: HTTPS at the front, plain HTTP to the nodes."""
+
+    def __init__(self, workdir: Path, upstream: str, nodes: list[Stack], **env: str):
+        super().__init__(workdir, upstream, nodes, S3CACHE_HTTP_PORT=str(free_port()), **env)
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = internal_root(self)
+
+    wait_healthy = TLSStack.wait_healthy
+    get = TLSStack.get
+
+
+def test_tls_at_the_front_and_the_nodes_see_the_client_through_it(origin, make_stack, tmp_path):
+    # The front reaches the node from 127.0.0.1: the node trusts that address as its proxy.
+    node = make_stack(S3CACHE_ACCESS="open", S3CACHE_TRUSTED_PROXIES="127.0.0.1/32")
+    front = TLSFront(tmp_path / "front", origin.url, [node], S3CACHE_TLS="internal", S3CACHE_TLS_NAMES="127.0.0.1")
+    try:
+        front.start()
+        origin.ensure_bucket(BUCKET)
+        key = "front/object.bin"
+        body = os.urandom(50_000)
+        origin.s3().put_object(Bucket=BUCKET, Key=key, Body=body)
+        url = origin.presign(BUCKET, key, version="v4")
+        miss = front.get(front.proxied(url))
+        assert (miss.status_code, miss.headers["Location"]) == (307, url)
+        node.wait_cached(BUCKET, key)
+        # A client on another address, over HTTPS through the front.
+        context = ssl.create_default_context(cafile=str(front.ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", front.port, timeout=10, context=context,
+                                           source_address=("127.0.0.3", 0))
+        try:
+            conn.request("GET", front.proxied(url)[len(front.url):])
+            hit = conn.getresponse()
+            assert (hit.status, hit.getheader("X-Cache"), hit.read()) == (200, "HIT", body)
+        finally:
+            conn.close()
+
+        def node_saw_the_client():
+            lines = [json.loads(line) for line in node.layout.access_log.read_text().splitlines() if line]
+            return [entry["request"].get("client_ip") for entry in lines if entry.get("status") == 200]
+        assert wait_until(lambda: "127.0.0.3" in node_saw_the_client(), 10, what="the node to log the hit")
+    finally:
+        front.stop()
