@@ -447,3 +447,39 @@ def test_tls_at_the_front_and_the_nodes_see_the_client_through_it(origin, make_s
         assert wait_until(lambda: "127.0.0.3" in node_saw_the_client(), 10, what="the node to log the hit")
     finally:
         front.stop()
+
+
+def test_reload_picks_up_renewed_certificate_files(origin, tmp_path):
+    """Caddy does not watch the files: `s3cache reload` after renewing them must load them, though
+    the configuration itself has not changed."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    cert, key = self_signed(first)
+    env_file = tmp_path / "s3cache.env"
+    env_file.write_text(f"S3CACHE_ACCESS=open\nS3CACHE_TLS=files\nS3CACHE_TLS_NAMES=127.0.0.1\n"
+                        f"S3CACHE_TLS_CERT_FILE={cert}\nS3CACHE_TLS_KEY_FILE={key}\n"
+                        f"S3CACHE_HTTP_PORT={free_port()}\n")
+    stack = TLSStack(tmp_path / "stack", origin.url, ca=tmp_path / "trusted.pem")
+    for name in ("S3CACHE_HTTP_PORT",):
+        del stack.env[name]  # from the file
+    (tmp_path / "trusted.pem").write_bytes(cert.read_bytes())
+    stack._log = open(stack.log_path, "ab")
+    stack.proc = subprocess.Popen([str(BIN / "s3cache"), "up", "--env-file", str(env_file)], env=stack.env,
+                                  stdout=stack._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        stack.wait_healthy()
+        renewed, renewed_key = self_signed(second)
+        cert.write_bytes(renewed.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        done = subprocess.run([str(BIN / "s3cache"), "reload", "--env-file", str(env_file)], env=stack.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr + stack.log_text()
+
+        def serves_the_renewed_certificate():
+            try:
+                return requests.get(stack.url + "/_s3cache/health", verify=str(renewed), timeout=5).status_code == 200
+            except requests.exceptions.SSLError:
+                return False
+        wait_until(serves_the_renewed_certificate, 10, what="the renewed certificate to be served")
+    finally:
+        stack.stop()
