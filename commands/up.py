@@ -157,10 +157,10 @@ def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Pa
              port_setting="S3CACHE_SIDECAR_LISTEN", address=str(config.sidecar_listen)),
         Part("caddy", [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], caddy_env,
              cwd=caddy_env["HOME"], ready=lambda: listening(config.listen),
-             # --force: an unchanged configuration is loaded again too, so renewed S3CACHE_TLS_CERT_FILE
-             # and _KEY_FILE are read (Caddy does not watch them).
+             # S3CACHE_TLS=files: --force loads an unchanged configuration again too, so renewed
+             # certificate files are read (Caddy does not watch them).
              reload_argv=[caddy, "reload", "--config", str(caddyfile), "--adapter", "caddyfile",
-                          "--address", CADDY_ADMIN_SOCKET, "--force"],
+                          "--address", CADDY_ADMIN_SOCKET, *(["--force"] if config.tls == "files" else [])],
              port_setting="S3CACHE_LISTEN", address=str(config.listen)),
         Part("evictor", [sys.executable, "-m", "evictor"], child_env),
     ]
