@@ -157,8 +157,10 @@ def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Pa
              port_setting="S3CACHE_SIDECAR_LISTEN", address=str(config.sidecar_listen)),
         Part("caddy", [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], caddy_env,
              cwd=caddy_env["HOME"], ready=lambda: listening(config.listen),
+             # S3CACHE_TLS=files: --force loads an unchanged configuration again too, so renewed
+             # certificate files are read (Caddy does not watch them).
              reload_argv=[caddy, "reload", "--config", str(caddyfile), "--adapter", "caddyfile",
-                          "--address", CADDY_ADMIN_SOCKET],
+                          "--address", CADDY_ADMIN_SOCKET, *(["--force"] if config.tls == "files" else [])],
              port_setting="S3CACHE_LISTEN", address=str(config.listen)),
         Part("evictor", [sys.executable, "-m", "evictor"], child_env),
     ]
@@ -175,13 +177,40 @@ def build_front_parts(config: Config, env: dict[str, str], caddyfile: Path) -> l
 
 
 def status_url(config: Config) -> str:
+    if config.tls != "off":
+        # Only the certificate's names are answered over HTTPS (a wildcard's own name is not one of them).
+        name = next((n for n in config.tls_names if not n.startswith("*.")), config.tls_names[0].replace("*", "www", 1))
+        return f"https://{name}:{config.listen.port}/"
     local = _loopback_for(config.listen)
     return f"http://{local}/"
 
 
+def site(config: Config) -> str:
+    """Where clients reach the proxy, for the banner."""
+    if config.tls == "off":
+        return f"http://{config.listen}"
+    names = ", ".join(f"https://{name}:{config.listen.port}" for name in config.tls_names)
+    return f"{names} on {config.listen.host} (TLS {config.tls}; http port {config.http_port} redirects)"
+
+
+def check_tls_files(config: Config) -> None:
+    """What only the process that starts Caddy can check: that it can read the files it is given."""
+    if config.tls == "files":
+        for name, path in (("S3CACHE_TLS_CERT_FILE", config.tls_cert_file),
+                           ("S3CACHE_TLS_KEY_FILE", config.tls_key_file)):
+            if not os.access(path, os.R_OK):
+                raise StartError(f"{name}: cannot read {path}")
+
+
+def check_tls(config: Config) -> None:
+    check_tls_files(config)
+    if config.tls != "off":
+        check_port_free("S3CACHE_HTTP_PORT", HostPort(config.listen.host, config.http_port))
+
+
 def banner(config: Config, env_file: str | None) -> list[str]:
     source = f"settings from {env_file} and the environment" if env_file else "settings from the environment"
-    return [f"s3cache: http://{config.listen} -> {config.upstream} (access {config.access}, miss {config.miss})",
+    return [f"s3cache: {site(config)} -> {config.upstream} (access {config.access}, miss {config.miss})",
             f"s3cache: cache {config.dir}; status page {status_url(config)}; {source}"]
 
 
@@ -198,12 +227,13 @@ def run(args: argparse.Namespace) -> int:
     layout = Layout(config.dir)
     lock = lock_cache_dir(layout, front=args.front)  # noqa: F841 -- held until we exit
     check_port_free("S3CACHE_LISTEN", config.listen)
+    check_tls(config)
     if not args.front:
         check_port_free("S3CACHE_SIDECAR_LISTEN", config.sidecar_listen)
     if args.front:
         parts = build_front_parts(config, env, caddyfile)
         nodes = ", ".join(str(node) for node in config.nodes)
-        print(f"s3cache: front http://{config.listen} -> nodes {nodes} (writes to {config.upstream})", flush=True)
+        print(f"s3cache: front {site(config)} -> nodes {nodes} (writes to {config.upstream})", flush=True)
         reload_parts = None
     else:
         parts = build_parts(config, env, caddyfile)
@@ -220,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError("S3CACHE_DIR: cannot change on reload (stop and start s3cache up)")
             if new.listen != current.listen:
                 check_port_free("S3CACHE_LISTEN", new.listen)
+            check_tls_files(new)
             if new.sidecar_listen != current.sidecar_listen:
                 check_port_free("S3CACHE_SIDECAR_LISTEN", new.sidecar_listen)
             fresh = build_parts(new, new_env, caddyfile)

@@ -155,6 +155,51 @@ def _cidrs(value: str) -> tuple:
     return tuple(nets)
 
 
+def _tls_names(value: str) -> tuple[str, ...]:
+    """Names the TLS certificate is for: host names (``*.`` wildcard allowed) or IPv4 addresses, comma-separated."""
+    import ipaddress
+    names: list[str] = []
+    for n, item in enumerate(value.split(","), 1):
+        item = item.strip().strip(".").lower()
+        if not item:
+            if value.strip():
+                raise ValueError(f"name {n} is empty (a stray comma?) in {value!r}")
+            continue
+        try:
+            ipaddress.IPv4Address(item)
+        except ValueError:
+            labels = item.removeprefix("*.").split(".")
+            if ":" in item or not all(label and len(label) < 64 and label.replace("-", "").isalnum() for label in labels):
+                raise ValueError(f"expected host names such as cache.example.com or *.cache.example.com, "
+                                 f"or IPv4 addresses, got {item!r}") from None
+        if item not in names:
+            names.append(item)
+    return tuple(names)
+
+
+def _email(value: str) -> str | None:
+    if not value:
+        return None
+    if not re.fullmatch(r"[^@\s{}]+@[^@\s{}]+\.[^@\s{}]+", value):
+        raise ValueError(f"expected an e-mail address, got {value!r}")
+    return value
+
+
+def _file_path(value: str) -> str | None:
+    """A file path Caddy reads; checked by `s3cache up`, which starts Caddy (other parts may not see the file)."""
+    if not value:
+        return None
+    if any(c.isspace() or c in "{}\"" for c in value):
+        raise ValueError(f"a path without spaces, quotes or braces is needed here, got {value!r}")
+    return os.path.abspath(value)
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"expected a port number (1-65535), got {value!r}")
+    return int(value)
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -326,6 +371,33 @@ class Config:
         "127.0.0.0/8,::1/128", _cidrs,
         "Client addresses (CIDRs, comma-separated) allowed the status page, metrics, the objects API (list, "
         "purge) and health's details; others get 403 (health answers them its status alone).")
+    trusted_proxies: tuple = setting(
+        "", _cidrs,
+        "Proxies in front of Caddy (CIDRs, comma-separated) whose X-Forwarded-For is believed: the client "
+        "is the right-most address in it that is not one of them. Empty: the peer is the client.")
+    tls: str = setting(
+        "off", _choice("off", "acme", "internal", "files"),
+        "HTTPS on S3CACHE_LISTEN: off (plain HTTP), acme (a public certificate for S3CACHE_TLS_NAMES, "
+        "obtained and renewed by Caddy), internal (Caddy's own CA, for a private network) or files "
+        "(S3CACHE_TLS_CERT_FILE and S3CACHE_TLS_KEY_FILE). With TLS on, plain HTTP on S3CACHE_HTTP_PORT "
+        "redirects to HTTPS.")
+    tls_names: tuple[str, ...] = setting(
+        "", _tls_names,
+        "With TLS on: the names clients use for the proxy (host names, *.wildcards, IPv4 addresses), "
+        "comma-separated; the certificate is for them and only they are answered.")
+    tls_email: str | None = setting(
+        "", _email,
+        "acme: the e-mail address given to the certificate authority (optional).")
+    tls_cert_file: str | None = setting(
+        "", _file_path,
+        "files: the PEM certificate chain for S3CACHE_TLS_NAMES.")
+    tls_key_file: str | None = setting(
+        "", _file_path,
+        "files: the PEM private key of S3CACHE_TLS_CERT_FILE.")
+    http_port: int = setting(
+        "80", _port,
+        "With TLS on: the port on S3CACHE_LISTEN's host where plain HTTP is answered with a redirect to "
+        "HTTPS (and ACME's HTTP challenge); 80 for acme.")
     egress_price_per_gb: float = setting(
         "0.09", _price,
         "Dollars S3 charges per GB (2^30 bytes) of egress, for the status page's estimate of money saved.")
@@ -362,6 +434,16 @@ class Config:
         if values["access"] == "verify" and not (values["signing_keys"] or values["signing_keys_file"]):
             raise ConfigError("S3CACHE_SIGNING_KEYS: S3CACHE_ACCESS=verify needs keys "
                               "(S3CACHE_SIGNING_KEYS or S3CACHE_SIGNING_KEYS_FILE)")
+        if values["tls"] != "off" and not values["tls_names"]:
+            raise ConfigError(f"S3CACHE_TLS_NAMES: S3CACHE_TLS={values['tls']} needs the names clients use "
+                              "(e.g. cache.example.com)")
+        if values["tls"] == "files":
+            for name in ("tls_cert_file", "tls_key_file"):
+                if not values[name]:
+                    raise ConfigError(f"S3CACHE_{name.upper()}: S3CACHE_TLS=files needs the certificate "
+                                      "and its key (PEM files)")
+        if values["tls"] != "off" and values["http_port"] == values["listen"].port:
+            raise ConfigError("S3CACHE_HTTP_PORT: must differ from S3CACHE_LISTEN's port, which serves HTTPS")
         values["dir"] = os.path.abspath(values["dir"])
         return cls(**values)
 
@@ -377,7 +459,37 @@ def caddy_environment(config: Config) -> dict[str, str]:
     for s in SETTINGS:
         if s.caddy is not None:
             env.update(s.caddy(getattr(config, s.attr)))
+    env.update(caddy_tls_environment(config))
     return env
+
+
+def caddy_tls_environment(config: Config) -> dict[str, str]:
+    """What the Caddyfiles read about TLS and the proxies in front, from several settings together.
+
+    S3CACHE_CADDY_SITE is the site address (plain HTTP on the port, or https:// for each name);
+    S3CACHE_CADDY_TLS picks the tls_* snippet, S3CACHE_CADDY_HTTPS the https_* one.
+    """
+    port = config.listen.port
+    tls = config.tls != "off"
+    if config.tls == "acme" and config.tls_email:
+        snippet = "acme_email"
+    else:
+        snippet = config.tls
+    return {
+        "S3CACHE_CADDY_SITE": (" ".join(f"https://{name}:{port}" for name in config.tls_names) if tls
+                               else f"http://:{port}"),
+        "S3CACHE_CADDY_TLS": snippet,
+        "S3CACHE_CADDY_HTTPS": "on" if tls else "off",
+        "S3CACHE_CADDY_HTTP_PORT": str(config.http_port),
+        # Caddy's idea of the HTTPS port; plain HTTP on it would "violate convention", so off keeps Caddy's own.
+        "S3CACHE_CADDY_HTTPS_PORT": str(port) if tls else "443",
+        # The redirect's Location names the port unless it is HTTPS's own.
+        "S3CACHE_CADDY_HTTPS_SUFFIX": "" if port == 443 else f":{port}",
+        "S3CACHE_TLS_EMAIL": config.tls_email or "",
+        "S3CACHE_TLS_CERT_FILE": config.tls_cert_file or "",
+        "S3CACHE_TLS_KEY_FILE": config.tls_key_file or "",
+        "S3CACHE_CADDY_TRUSTED_PROXIES": " ".join(str(net) for net in config.trusted_proxies),
+    }
 
 
 def read_env_file(path: str) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 The sidecar's direct peer is Caddy, so the client's address comes from the
 ``X-S3cache-Client-Ip`` header Caddy's ``to_sidecar`` sets (``{client_ip}``,
-replacing anything a client sent).  (waitress strips ``X-Forwarded-For``
-from untrusted peers, which is why Caddy sends a header of our own.)  It is
+replacing anything a client sent: the peer, or for a peer listed in
+``S3CACHE_TRUSTED_PROXIES`` the right-most ``X-Forwarded-For`` address that is
+not a trusted proxy).  (waitress strips ``X-Forwarded-For`` from untrusted
+peers, which is why Caddy sends a header of our own.)  It is
 believed only from a loopback or private-network peer: Caddy on the same host
 (``s3cache up``, systemd) or in a neighbouring container (docker compose,
 where Caddy reaches ``sidecar:8081`` over the project network).  The

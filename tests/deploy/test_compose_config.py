@@ -158,7 +158,13 @@ def test_caddy_gets_what_s3cache_up_derives(config, test_values, tmp_path, domai
     assert f"logs:{CACHE_MOUNT}/logs:rw" in config["services"]["evictor"]["volumes"]  # where the evictor reads it
     assert got.pop("S3CACHE_CADDY_BIND") == "0.0.0.0"
     assert got.pop("S3CACHE_SIDECAR") == "sidecar:" + FIXED["S3CACHE_SIDECAR_LISTEN"].rpartition(":")[2]
-    assert f":{got.pop('S3CACHE_CADDY_PORT')}/tcp" in config["services"]["caddy"]["ports"][0]
+    port = got.pop("S3CACHE_CADDY_PORT")
+    assert f":{port}/tcp" in config["services"]["caddy"]["ports"][0]
+    # What names the listen port (the site address, the HTTPS port) names the container's.
+    inside = caddy_environment(Config.from_env({**settings, "S3CACHE_LISTEN": f"0.0.0.0:{port}"}))
+    for name in ("S3CACHE_CADDY_SITE", "S3CACHE_CADDY_HTTPS_PORT", "S3CACHE_CADDY_HTTPS_SUFFIX"):
+        assert got.pop(name) == inside[name], name
+        expected.pop(name)
     for name in ("S3CACHE_OBJECTS_DIR", "S3CACHE_ACCESS_LOG", "S3CACHE_CADDY_BIND", "S3CACHE_SIDECAR",
                  "S3CACHE_CADDY_PORT"):
         expected.pop(name)
