@@ -381,7 +381,7 @@ def test_caddy_error_logs_redact_signatures_front_and_node(origin, make_front, t
 
     # The node's Caddy, its sidecar unreachable: the same.
     port, dead = free_ports(2)
-    env = {**os.environ, "HOME": str(tmp_path), "S3CACHE_CADDY_PORT": str(port), "S3CACHE_SIDECAR": f"127.0.0.1:{dead}",
+    env = {**os.environ, "HOME": str(tmp_path), "S3CACHE_CADDY_SITE": f"http://:{port}", "S3CACHE_SIDECAR": f"127.0.0.1:{dead}",
            "S3CACHE_OBJECTS_DIR": str(tmp_path / "objects"), "S3CACHE_ACCESS_LOG": str(tmp_path / "access.log"),
            "S3CACHE_ACCESS": "open"}
     (tmp_path / "objects").mkdir()

@@ -294,16 +294,20 @@ def test_up_refuses_a_certificate_file_it_cannot_read(origin, tmp_path):
 
 # -- S3CACHE_TRUSTED_PROXIES ------------------------------------------------------------------------
 
-def admin_status(stack: Stack, source: str, forwarded_for: str | None = None, path: str = "/_s3cache/metrics") -> int:
+def admin_get(stack: Stack, source: str, forwarded_for: str | None = None,
+              path: str = "/_s3cache/metrics") -> tuple[int, bytes]:
     """GET an admin page from ``source`` (a loopback address standing in for a host), as a proxy would send it."""
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10, source_address=(source, 0))
     try:
         conn.request("GET", path, headers={} if forwarded_for is None else {"X-Forwarded-For": forwarded_for})
         resp = conn.getresponse()
-        resp.read()
-        return resp.status
+        return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def admin_status(stack: Stack, source: str, forwarded_for: str | None = None, path: str = "/_s3cache/metrics") -> int:
+    return admin_get(stack, source, forwarded_for, path)[0]
 
 
 def test_a_trusted_proxy_names_the_client_and_nothing_else_is_believed(make_stack):
@@ -320,9 +324,13 @@ def test_a_trusted_proxy_names_the_client_and_nothing_else_is_believed(make_stac
     assert admin_status(stack, "127.0.0.2") == 403
     assert admin_status(stack, "127.0.0.1", "192.0.2.7") == 403
     assert admin_status(stack, "127.0.0.3", "192.0.2.7") == 403
-    # Health: a client behind the proxy is judged as itself (health always answers loopback peers).
-    assert admin_status(stack, "127.0.0.2", "198.51.100.1", path="/_s3cache/health") == 403
-    assert admin_status(stack, "127.0.0.1", "198.51.100.1", path="/_s3cache/health") == 200
+    # Health: a client behind the proxy is judged as itself: outside the list it gets the status alone,
+    # the details go to the list (and to loopback peers, which are not behind a proxy).
+    assert admin_get(stack, "127.0.0.2", "198.51.100.1", path="/_s3cache/health") == (200, b'{"status": "ok"}')
+    status, body = admin_get(stack, "127.0.0.2", "192.0.2.7", path="/_s3cache/health")
+    assert status == 200 and b'"parts"' in body
+    status, body = admin_get(stack, "127.0.0.1", "198.51.100.1", path="/_s3cache/health")
+    assert status == 200 and b'"parts"' in body
 
 
 def test_without_trusted_proxies_no_forwarded_header_is_believed(make_stack):
