@@ -220,7 +220,13 @@ def test_a_front_tier_serves_through_two_nodes_and_a_stopped_node_moves_only_its
         assert all(len(h) <= 1 for h in held.values()), held
         return {key: h[0] for key, h in held.items()} if all(held.values()) else None
 
-    stack.wait_until(lambda: stack.get("/_s3cache/health", FRONT).status_code == 200, 30, what="the front to answer")
+    def front_answers() -> bool:
+        try:
+            return stack.get("/_s3cache/health", FRONT).status_code == 200
+        except requests.ConnectionError:
+            return False  # still starting
+
+    stack.wait_until(front_answers, 30, what="the front to answer")
     reads(set(keys), 600)
     owner = stack.wait_until(lambda: holders(nodes), 30, what="every key cached on one node")
     assert set(owner.values()) == set(nodes), "one node got every key"
