@@ -29,7 +29,9 @@ def run(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProc
                           timeout=timeout)
 
 
-def recap(output: str) -> dict[str, int]:
-    """The one host's counters from PLAY RECAP: ok, changed, failed, ..."""
-    line = output[output.rindex("PLAY RECAP"):].splitlines()[1]
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+def recap(output: str, host: str | None = None) -> dict[str, int]:
+    """One host's counters from PLAY RECAP (ok, changed, failed, ...): ``host``'s, else the first listed."""
+    lines = [line for line in output[output.rindex("PLAY RECAP"):].splitlines()[1:] if ":" in line]
+    if host is not None:
+        lines = [line for line in lines if line.split()[0] == host] or [f"{host} : never ran"]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", lines[0])}

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 TEST_ENV = Path(__file__).with_name("test.env")
 PODMAN_OVERRIDE = Path(__file__).with_name("compose.podman.yml")
+# The front tier on one host: each node a project of COMPOSE_FILE + NODE_OVERRIDE, the front a project of FRONT_FILE.
+NODE_OVERRIDE = ROOT / "docker-compose.node.yml"
+FRONT_FILE = ROOT / "docker-compose.front.yml"
 
 
 def compose(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOSE_FILE,), project: str = "s3cache",

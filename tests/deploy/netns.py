@@ -67,8 +67,11 @@ class NetNS:
         return self
 
     def add_uplink(self, subnet: int) -> str:
-        """veth to the host, 10.200.<subnet>.2/30 inside, default route and NAT out; returns the inside address."""
-        host_if, ns_if = f"{self.name[:11]}h", f"{self.name[:11]}n"
+        """veth to the host, 10.200.<subnet>.2/30 inside, default route and NAT out; returns the inside address.
+
+        Namespaces with uplinks reach each other through the host by their inside addresses, un-NATed."""
+        # Interface names have 15 bytes at most; the name's end tells namespaces of one run apart.
+        host_if, ns_if = f"{self.name[-11:]}h", f"{self.name[-11:]}n"
         host_ip, ns_ip = f"10.200.{subnet}.1", f"10.200.{subnet}.2"
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _ip("link", "set", ns_if, "netns", self.name)
@@ -80,8 +83,10 @@ class NetNS:
         forwarding = Path("/proc/sys/net/ipv4/ip_forward")
         self._forwarding_was = forwarding.read_text().strip()
         forwarding.write_text("1\n")
+        # Between two such namespaces (a front and its nodes) the host only routes: each sees the other's own
+        # address, as hosts on one network do; NAT is for the way out.
         self._nat_rule = ["POSTROUTING", "-t", "nat", "-s", f"10.200.{subnet}.0/30", "!", "-d",
-                          f"10.200.{subnet}.0/30", "-j", "MASQUERADE", "-m", "comment", "--comment", self.name]
+                          "10.200.0.0/16", "-j", "MASQUERADE", "-m", "comment", "--comment", self.name]
         subprocess.run(["iptables", "-A", *self._nat_rule], check=True, capture_output=True)
         return ns_ip
 

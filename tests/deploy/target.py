@@ -67,13 +67,9 @@ class Target:
         return subprocess.run(["ssh", *SSH_OPTIONS, "-i", str(self.key), f"root@{self.address}", command],
                               capture_output=True, text=True, timeout=timeout)
 
-    def inventory(self, path: Path) -> Path:
-        path.write_text(
-            "[cache_nodes]\n"
-            f"{self.name} ansible_host={self.address} ansible_user=root ansible_ssh_private_key_file={self.key} "
-            f"ansible_ssh_common_args='{' '.join(SSH_OPTIONS)}' ansible_python_interpreter=/usr/bin/python3\n"
-            "\n[front]\n")
-        return path
+    def inventory_line(self) -> str:
+        return (f"{self.name} ansible_host={self.address} ansible_user=root ansible_ssh_private_key_file={self.key} "
+                f"ansible_ssh_common_args='{' '.join(SSH_OPTIONS)}' ansible_python_interpreter=/usr/bin/python3")
 
     def destroy(self) -> None:
         """Power off, then remove the namespace, the NAT rule and the root; safe after a partial boot."""
@@ -92,3 +88,14 @@ class Target:
             for mount in sorted(mounts, reverse=True):
                 subprocess.run(["umount", "-l", mount], capture_output=True)
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def inventory(path: Path, nodes: list[Target], fronts: list[Target] = (), node_vars: dict[str, str] | None = None,
+              front_vars: dict[str, str] | None = None) -> Path:
+    """An INI inventory: the groups site.yml deploys, cache_nodes and front, with variables per group."""
+    lines = ["[cache_nodes]", *(t.inventory_line() for t in nodes), "", "[front]", *(t.inventory_line() for t in fronts)]
+    for group, variables in (("cache_nodes", node_vars), ("front", front_vars)):
+        if variables:
+            lines += ["", f"[{group}:vars]", *(f"{key}={value}" for key, value in variables.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path

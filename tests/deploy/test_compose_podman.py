@@ -1,4 +1,6 @@
-"""docker-compose.yml for real: Debian's docker-compose driving podman, miss -> fill -> hit through it.
+"""docker-compose.yml for real: Debian's docker-compose driving podman, miss -> fill -> hit through it;
+then the front tier on one host: that stack as node1 (docker-compose.node.yml), a second node, and the
+front (docker-compose.front.yml), each a project of its own on the tier network, as README documents.
 
 The images are built by compose from the project's Dockerfile on a local debootstrapped base (no
 registry is reachable here); the official Caddy image is stood in for by that base plus the same
@@ -18,7 +20,7 @@ import pytest
 import requests
 from botocore.config import Config as BotoConfig
 
-from tests.deploy.compose import COMPOSE_FILE, PODMAN_OVERRIDE, compose
+from tests.deploy.compose import COMPOSE_FILE, FRONT_FILE, NODE_OVERRIDE, PODMAN_OVERRIDE, compose
 from tests.deploy.hostsetup import require_debs, require_namespaces, require_root, rootfs_tarball
 from tests.deploy.netns import NetNS, Relay, entered
 from tests.deploy.podman import Podman
@@ -33,14 +35,21 @@ UPSTREAM = "http://10.200.64.1:9000"  # the relay, on the gateway compose.podman
 PROXY = "http://127.0.0.1:8080"       # Caddy's published port, inside NS
 BUCKET = "compose-tests"
 PARTS = ("sidecar", "evictor", "caddy")
+# The front tier: the tier network (its subnet is in the nodes' S3CACHE_ADMIN_ALLOW, for the front's
+# health checks), the second node's and the front's projects, and where the front is published.
+TIER_SUBNET = "10.200.65.0/24"
+NODE2_PROJECT = f"{PROJECT}n2"
+FRONT_PROJECT = f"{PROJECT}f"
+FRONT = "http://127.0.0.1:8090"
+TIER_BUCKET = "compose-tier"
 
 
 class ComposeStack:
     def __init__(self, podman: Podman):
         self.podman = podman
 
-    def container(self, part: str) -> str:
-        return f"{PROJECT}_{part}_1"
+    def container(self, part: str, project: str = PROJECT) -> str:
+        return f"{project}_{part}_1"
 
     def healthy(self, part: str) -> bool:
         return self.podman.run("healthcheck", "run", self.container(part), check=False).returncode == 0
@@ -57,9 +66,15 @@ class ComposeStack:
             logs = "\n".join(f"--- {part}:\n{self.logs(part)[-3000:]}" for part in PARTS)
             raise AssertionError(f"{exc}\n{logs}") from None
 
-    def get(self, path_and_query: str) -> requests.Response:
+    def get(self, path_and_query: str, base: str = PROXY) -> requests.Response:
         with entered(NS):
-            return requests.get(PROXY + path_and_query, allow_redirects=False, timeout=10)
+            return requests.get(base + path_and_query, allow_redirects=False, timeout=10)
+
+    def cached(self, project: str, bucket: str) -> set[str]:
+        """The keys a node's cache volume holds for ``bucket`` (read in its sidecar's container)."""
+        out = self.podman.run("exec", self.container("sidecar", project), "sh", "-c",
+                              f"cd /var/cache/s3cache/objects/{bucket} 2>/dev/null && find . -type f", check=False)
+        return {line[2:] for line in out.stdout.splitlines() if line.startswith("./")}
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +84,24 @@ def stack(tmp_path_factory, origin):
     require_namespaces()
     podman = Podman(tmp_path_factory.mktemp("podman"))
     base = podman.base_image(rootfs_tarball())
-    env_file = podman.workdir / "compose.env"
-    env_file.write_text(f"S3CACHE_UPSTREAM={UPSTREAM}\nS3CACHE_LISTEN=127.0.0.1:8080\nS3CACHE_EVICT_INTERVAL=2\n"
-                        f"S3CACHE_PYTHON_IMAGE={base}\nS3CACHE_CADDY_IMAGE={podman.caddy_image(base)}\n")
+    images = f"S3CACHE_PYTHON_IMAGE={base}\nS3CACHE_CADDY_IMAGE={podman.caddy_image(base)}\n"
+    node_env = (f"S3CACHE_UPSTREAM={UPSTREAM}\nS3CACHE_EVICT_INTERVAL=2\nS3CACHE_ADMIN_ALLOW=127.0.0.0/8,::1/128,{TIER_SUBNET}\n"
+                + images)
+    env_file = podman.workdir / "compose.env"  # node1's: the single-node checks use this stack
+    env_file.write_text(f"S3CACHE_LISTEN=127.0.0.1:8080\nS3CACHE_NODE_NAME=node1\n{node_env}")
+    node2_env = podman.workdir / "node2.env"
+    node2_env.write_text(f"S3CACHE_LISTEN=127.0.0.1:8082\nS3CACHE_NODE_NAME=node2\n{node_env}")
+    front_env = podman.workdir / "front.env"
+    front_env.write_text(f"S3CACHE_LISTEN=127.0.0.1:8090\nS3CACHE_NODES=node1:8080,node2:8080\nS3CACHE_UPSTREAM={UPSTREAM}\n"
+                         + images)
+    # Each project as README says: node1 (with the test's podman additions), node2, the front.
+    projects = [(PROJECT, env_file, (COMPOSE_FILE, NODE_OVERRIDE, PODMAN_OVERRIDE)),
+                (NODE2_PROJECT, node2_env, (COMPOSE_FILE, NODE_OVERRIDE)),
+                (FRONT_PROJECT, front_env, (FRONT_FILE,))]
 
-    def run(*args: str, docker_host: str, check: bool = True):
-        out = compose(*args, env_file=env_file, files=(COMPOSE_FILE, PODMAN_OVERRIDE), project=PROJECT,
-                      docker_host=docker_host)
+    def run(*args: str, docker_host: str, check: bool = True, project=projects[0]):
+        name, env, files = project
+        out = compose(*args, env_file=env, files=files, project=name, docker_host=docker_host)
         assert not check or out.returncode == 0, f"docker-compose {' '.join(args)}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
         return out
 
@@ -87,13 +113,18 @@ def stack(tmp_path_factory, origin):
     try:
         ns.create()
         relay = Relay(NS, ("0.0.0.0", 9000), None, ("127.0.0.1", int(origin.url.rpartition(":")[2])))
+        # The tier network, made once before the projects, as README's first command does.
+        podman.run("network", "create", "--subnet", TIER_SUBNET, "s3cache-tier")
         with podman.service("run", netns=NS) as engine:
             try:
-                run("up", "-d", "--no-build", docker_host=engine)
+                for project in projects:
+                    run("up", "-d", "--no-build", docker_host=engine, project=project)
                 yield ComposeStack(podman)
             finally:
-                run("down", "-v", "-t", "5", docker_host=engine, check=False)
-                podman.remove_project(PROJECT)
+                for project in reversed(projects):
+                    run("down", "-v", "-t", "5", docker_host=engine, check=False, project=project)
+                    podman.remove_project(project[0])
+                podman.run("network", "rm", "-f", "s3cache-tier", check=False)
                 podman.run("image", "prune", "-f", check=False)  # layers of earlier sources, not the cache
     finally:
         if relay:
@@ -155,6 +186,59 @@ def test_the_evictor_reads_caddys_access_log_from_the_shared_volume(stack, cache
 def test_every_part_logs_to_stdout(stack):
     wait_until(lambda: "0.0.0.0:8081" in stack.logs("sidecar"), 20, what="the sidecar's start line")
     wait_until(lambda: "evicting /var/cache/s3cache" in stack.logs("evictor"), 20, what="the evictor's start line")
+
+
+def test_a_front_tier_serves_through_two_nodes_and_a_stopped_node_moves_only_its_keys(stack, origin):
+    s3 = origin.s3()
+    try:
+        s3.create_bucket(Bucket=TIER_BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    keys = [f"tier/{i:02d}.bin" for i in range(12)]
+    bodies = {key: os.urandom(2000 + i) for i, key in enumerate(keys)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=TIER_BUCKET, Key=key, Body=body)
+    signer = boto3.client("s3", endpoint_url=UPSTREAM, region_name=REGION, aws_access_key_id=ACCESS_KEY_1,
+                          aws_secret_access_key=SECRET_KEY_1,
+                          config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"}))
+    nodes = (PROJECT, NODE2_PROJECT)
+    answered = []
+
+    def reads(misses: set[str], expires: int) -> None:
+        for key in keys:
+            url = signer.generate_presigned_url("get_object", Params={"Bucket": TIER_BUCKET, "Key": key}, ExpiresIn=expires)
+            resp = stack.get(url[len(UPSTREAM):], FRONT)
+            answered.append(resp.status_code)
+            if key in misses:
+                assert (resp.status_code, resp.headers["X-Cache"], resp.headers["Location"]) == (307, "MISS", url), key
+            else:
+                assert (resp.status_code, resp.headers["X-Cache"], resp.content) == (200, "HIT", bodies[key]), key
+
+    def holders(projects) -> dict[str, str] | None:
+        cached = {p: stack.cached(p, TIER_BUCKET) for p in projects}
+        held = {key: [p for p in projects if key in cached[p]] for key in keys}
+        assert all(len(h) <= 1 for h in held.values()), held
+        return {key: h[0] for key, h in held.items()} if all(held.values()) else None
+
+    def front_answers() -> bool:
+        try:
+            return stack.get("/_s3cache/health", FRONT).status_code == 200
+        except requests.ConnectionError:
+            return False  # still starting
+
+    stack.wait_until(front_answers, 30, what="the front to answer")
+    reads(set(keys), 600)
+    owner = stack.wait_until(lambda: holders(nodes), 30, what="every key cached on one node")
+    assert set(owner.values()) == set(nodes), "one node got every key"
+    reads(set(), 900)  # another signature of each key: the same node, a hit
+
+    # node2's Caddy stops: its keys move to node1 (misses there), node1's stay hits, nobody sees an error.
+    moved = {key for key in keys if owner[key] == NODE2_PROJECT}
+    stack.podman.run("stop", "-t", "2", stack.container("caddy", NODE2_PROJECT))
+    reads(moved, 1200)
+    stack.wait_until(lambda: holders((PROJECT,)), 30, what="node2's keys to be cached on node1")
+    reads(set(), 1500)
+    assert set(answered) <= {200, 307}, answered
 
 
 def test_a_part_that_dies_is_restarted(stack, cached_object):
