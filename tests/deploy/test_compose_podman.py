@@ -35,8 +35,8 @@ UPSTREAM = "http://10.200.64.1:9000"  # the relay, on the gateway compose.podman
 PROXY = "http://127.0.0.1:8080"       # Caddy's published port, inside NS
 BUCKET = "compose-tests"
 PARTS = ("sidecar", "evictor", "caddy")
-# The front tier: the tier network (its subnet is in the nodes' S3CACHE_ADMIN_ALLOW, for the front's
-# health checks), the second node's and the front's projects, and where the front is published.
+# The front tier: the tier network (the nodes keep the default S3CACHE_ADMIN_ALLOW: the front's health
+# checks get the status alone), the second node's and the front's projects, and where the front is published.
 TIER_SUBNET = "10.200.65.0/24"
 NODE2_PROJECT = f"{PROJECT}n2"
 FRONT_PROJECT = f"{PROJECT}f"
@@ -85,7 +85,7 @@ def stack(tmp_path_factory, origin):
     podman = Podman(tmp_path_factory.mktemp("podman"))
     base = podman.base_image(rootfs_tarball())
     images = f"S3CACHE_PYTHON_IMAGE={base}\nS3CACHE_CADDY_IMAGE={podman.caddy_image(base)}\n"
-    node_env = (f"S3CACHE_UPSTREAM={UPSTREAM}\nS3CACHE_EVICT_INTERVAL=2\nS3CACHE_ADMIN_ALLOW=127.0.0.0/8,::1/128,{TIER_SUBNET}\n"
+    node_env = (f"S3CACHE_UPSTREAM={UPSTREAM}\nS3CACHE_EVICT_INTERVAL=2\n"
                 + images)
     env_file = podman.workdir / "compose.env"  # node1's: the single-node checks use this stack
     env_file.write_text(f"S3CACHE_LISTEN=127.0.0.1:8080\nS3CACHE_NODE_NAME=node1\n{node_env}")
