@@ -40,3 +40,4 @@ def make_stack(tmp_path, origin):
 def stack(make_stack):
     """The core proxy as issue 2 defines it: hits served by Caddy alone (S3CACHE_ACCESS=open)."""
     return make_stack(S3CACHE_ACCESS="open")
+

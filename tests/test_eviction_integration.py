@@ -7,11 +7,11 @@ Caddy's access log, or the object read most often would go first.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
 
+from tests.tmpfs import mount_tmpfs
 from tests.stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -22,16 +22,7 @@ OBJECT_BYTES = 256 * 1024
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,noatime", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    yield from mount_tmpfs(tmp_path, "size=6m,noatime")
 
 
 def test_cache_filled_past_high_is_pruned_below_low_and_hot_objects_survive(small_fs, origin, make_stack):

@@ -9,12 +9,12 @@ client the whole object when the cache cannot take it.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import requests
 
 from tests.fill_outcomes import fill_outcomes, finished_fills
+from tests.tmpfs import mount_tmpfs
 from tests.stack import raw_request, wait_until
 
 pytestmark = pytest.mark.integration
@@ -24,15 +24,7 @@ BUCKET = "full-disk"
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    yield from mount_tmpfs(tmp_path, "size=8m")
 
 
 @pytest.fixture(scope="module", autouse=True)
