@@ -17,6 +17,7 @@ import os
 from typing import Iterable
 
 from evictor.report import Errors
+from s3cache import entries
 from s3cache.entries import remove_files
 from s3cache.objectlock import release, try_lock
 from s3cache.layout import Layout
@@ -24,15 +25,10 @@ from s3cache.layout import Layout
 
 def unlink(path: bytes, errors: Errors | None = None) -> bool:
     """True if we removed it; a file already gone is not an error, a refused unlink is recorded."""
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError as exc:  # PermissionError, EBUSY, EROFS ...: skip it, keep going
+    def record(failed, exc: OSError) -> None:
         if errors is not None:
-            errors.add(os.fsdecode(path), exc)
-        return False
+            errors.add(os.fsdecode(failed), exc)
+    return entries.unlink(path, record)
 
 
 def meta_for_object(layout: Layout, object_path: bytes) -> bytes:

@@ -32,7 +32,8 @@ from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 DEFAULT_WAIT = 30.0
 
 
-def _unlink(path, on_error: Callable[[object, OSError], None] | None) -> bool:
+def unlink(path, on_error: Callable[[object, OSError], None] | None = None) -> bool:
+    """True if we removed it; already gone is False; another refusal goes to ``on_error`` (raised without one)."""
     try:
         os.unlink(path)
         return True
@@ -52,11 +53,11 @@ def remove_files(object_path, meta_path, mark_paths: Iterable = (),
     The one sequence every removal uses (purge, the access check, the evictor).
     Callers hold the entry's lock where they can name it; paths are str or bytes.
     """
-    if not _unlink(object_path, on_error):
+    if not unlink(object_path, on_error):
         return False
-    _unlink(meta_path, on_error)
+    unlink(meta_path, on_error)
     for mark in mark_paths:
-        _unlink(mark, on_error)
+        unlink(mark, on_error)
     return True
 
 
