@@ -44,6 +44,7 @@ import urllib3
 from s3cache import metadata, objectlock
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
+from s3cache.ledger import CacheBytes
 from s3cache.redact import redact
 from sidecar import hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
@@ -126,8 +127,12 @@ class Filler:
     """A bounded pool of fill workers, one fill per object at a time."""
 
     def __init__(self, layout: Layout, *, workers: int, timeout: float, max_object_bytes: int | None,
-                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE):
+                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE, cap: int | None = None):
         self.layout = layout
+        # The most the cache may hold after a fill (S3CACHE_EVICT_HIGH % of S3CACHE_MAX_BYTES), kept
+        # in run/cache-bytes between passes: a fill that would cross it is not cached.
+        self.cap = cap
+        self.ledger = CacheBytes(layout.cache_bytes_file)
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
         self.min_rate = min_rate  # bytes/s a fill must average (S3CACHE_FILL_MIN_RATE)
@@ -363,6 +368,11 @@ class Filler:
         expected = int(length)
         if self.max_object_bytes is not None and expected > self.max_object_bytes:
             raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
+        if self.cap is not None:
+            # Before the body is read: a fill the cap would refuse at commit is not worth its egress.
+            cached, _ = self.ledger.read()
+            if cached is not None and cached + expected > self.cap:
+                raise FillFailed("over-cap", f"{cached} + {expected} bytes > {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
         if "x-amz-server-side-encryption-customer-algorithm" in headers:
             raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
         # SSE-KMS ETags are not the MD5 of the body.
@@ -409,6 +419,15 @@ class Filler:
             metadata.forget(self.layout, ref)
         # The object's mark goes in before the object, so that no open-mode hit serves it without its
         # headers; marks of another kind (a replaced object's) go after.
+        size = os.fstat(fd).st_size
+        if replace:
+            try:
+                old = os.stat(final).st_size
+            except OSError:
+                old = 0
+            self.ledger.try_add(size - old, None)
+        elif not self.ledger.try_add(size, self.cap):  # checked and counted under one lock: a burst cannot overshoot
+            raise FillFailed("over-cap", f"{size} bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
         kind = hit_headers.mark_kind(ref.key, headers)
         if kind is not None:
             self._mark(ref, kind)
@@ -416,7 +435,7 @@ class Filler:
         for other in MARK_KINDS:
             if other != kind:
                 self._unmark(ref, other)
-        self._write_meta(ref, headers, os.fstat(fd).st_size)
+        self._write_meta(ref, headers, size)
 
     def _unmark(self, ref: ObjectRef, kind: str) -> None:
         try:
