@@ -7,7 +7,7 @@ counting every request; the order is ``evictor.policy``'s:
 
 - eviction ``lru``: least recently used first;
 - eviction ``lfu``: lowest sketch estimate first (zero for an object not asked for since the
-  sketch last aged), least recently used among equals;
+  aging before last), least recently used among equals;
 - admission ``first``: every miss fills;
 - admission ``count:N``: a miss fills once the object was asked for N times (sketch estimate);
 - admission ``tinylfu``: a miss fills only when the object is asked for more often than the
@@ -68,7 +68,7 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
     cache: dict[int, int] = {}  # object -> last access (request number)
     used = hits = client = miss_bytes = fill_bytes = misses = fills = 0
     boundary = 0
-    last_aging = 0
+    prev_aging = last_aging = 0
     count_n = int(admit.partition(":")[2] or 0) if admit.startswith("count") else 0
     for t, obj in enumerate(trace):
         size = sizes[obj]
@@ -77,7 +77,7 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
         est = sketch.add(_key(obj))
         if sketch.additions < before:  # the sketch just aged: so does the admission boundary
             boundary >>= 1
-            last_aging = t
+            prev_aging, last_aging = last_aging, t
         if obj in cache:
             hits += 1
             cache[obj] = t
@@ -103,8 +103,8 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
                 order = sorted(cache, key=cache.__getitem__)
                 est_of = None
             elif evict == "lfu":
-                # Not asked for since the last aging: its count is history, not frequency.
-                est_of = {o: sketch.estimate(_key(o)) if cache[o] >= last_aging else 0 for o in cache}
+                # Not asked for since the aging before last: its count is history, not frequency.
+                est_of = {o: sketch.estimate(_key(o)) if cache[o] >= prev_aging else 0 for o in cache}
                 order = sorted(cache, key=lambda o: (est_of[o], cache[o]))
             else:
                 raise ValueError(evict)

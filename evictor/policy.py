@@ -3,11 +3,11 @@
 Two orders (S3CACHE_EVICT_POLICY): ``lru``, least recently accessed first;
 ``lfu``, least often asked for lately first (``s3cache.sketch``'s estimate,
 counting misses and replayed hits, halved every window), least recently
-accessed among equals.  An object not asked for since the last halving
-counts as never asked for: what a shifted working set left behind goes
-first, however popular it once was (``bench/policysim.py`` measured this
-against keeping one more window of history: better on a shifting working
-set, 1.5 points worse on Zipf).
+accessed among equals.  An object not asked for since the halving before
+last counts as never asked for: what a shifted working set left behind goes
+first, however popular it once was.  (Cutting at the last halving instead
+was measured with ``bench/policysim.py``: 2 points better on a shifting
+working set, 1.5 worse on Zipf, and redirect-mode costs up by a sixth.)
 
 Usage is the larger of the filesystem's used percent (as ``df`` shows it) and the cache's own
 bytes as a percent of ``S3CACHE_MAX_BYTES``.  Above HIGH, enough is freed to
@@ -57,8 +57,8 @@ def bytes_to_free(fs: FsUsage, cache_bytes: int, *, high: float, low: float,
 
 def frequency_keys(table: FileTable, sketch: FrequencySketch, objects_dir: bytes) -> list[int]:
     """Each row's ``lfu`` sort key: (effective estimate, atime) packed in one int (no tuple per file)."""
-    last, _ = sketch.aged_at
-    stale_ns = int(last * 1e9)
+    _, before = sketch.aged_at
+    stale_ns = int(before * 1e9)
     atime = table.atime_ns
     keys = []
     for i in range(len(table)):

@@ -18,7 +18,7 @@ halving; the window (set by the evictor: ten times the objects the cache
 holds, TinyLFU's sample size); the admission boundary (the highest estimate
 among the last eviction's victims: a newcomer must beat it, halved with the
 counters); the times of the last two halvings (an object not asked for since
-the last one has only history, no frequency: ``evictor.policy``).
+the one before last has only history, no frequency: ``evictor.policy``).
 """
 
 from __future__ import annotations

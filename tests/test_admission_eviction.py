@@ -132,7 +132,7 @@ def test_hits_replayed_from_the_access_log_count_as_frequency(cache):
 
 
 def test_a_popular_object_left_behind_by_a_shifted_working_set_goes_first(cache):
-    # "old" was very popular, but has not been asked for since before the last halving.
+    # "old" was very popular, but has not been asked for since before the last two halvings.
     cache.put("old", atime_ns=ns_ago(10))
     cache.put("new1", atime_ns=ns_ago(1))
     cache.put("new2", atime_ns=ns_ago(0.5))
