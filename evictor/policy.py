@@ -59,12 +59,22 @@ def frequency_keys(table: FileTable, sketch: FrequencySketch, objects_dir: bytes
     """Each row's ``lfu`` sort key: (effective estimate, atime) packed in one int (no tuple per file)."""
     _, before = sketch.aged_at
     stale_ns = int(before * 1e9)
-    atime = table.atime_ns
+    atime, names, name_end = table.atime_ns, table.names, table.name_end
+    estimate = sketch.estimate
     keys = []
-    for i in range(len(table)):
-        a = max(0, atime[i])
-        est = sketch.estimate(file_key(objects_dir, table.path(i))) if a >= stale_ns else 0
-        keys.append((est << 64) | a)
+    n = len(table)
+    # Directory by directory (the table's runs), so no row bisects for its directory.
+    for j, d in enumerate(table.dirs):
+        start = table.dir_start[j]
+        stop = table.dir_start[j + 1] if j + 1 < len(table.dirs) else n
+        prefix = file_key(objects_dir, d + b"/")
+        for i in range(start, stop):
+            a = max(0, atime[i])
+            if a >= stale_ns:
+                est = estimate(prefix + bytes(names[name_end[i - 1] if i else 0:name_end[i]]))
+            else:
+                est = 0
+            keys.append((est << 64) | a)
     return keys
 
 

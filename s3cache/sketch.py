@@ -30,7 +30,7 @@ import struct
 import time
 from typing import Callable
 
-DEPTH = 4
+DEPTH = 4                # rows (``_indexes`` is unrolled for four)
 WIDTH = 1 << 16          # counters per row (a power of two)
 MAX_COUNT = 15           # TinyLFU's 4-bit counters: enough to compare, small to age
 MAGIC = b"s3cfreq1"
@@ -41,11 +41,15 @@ WINDOW_MIN = 1000
 _HALF = bytes(v >> 1 for v in range(256))
 
 
+_ROWS = struct.Struct("<%dI" % DEPTH)
+_OFFSETS = tuple(HEADER + row * WIDTH for row in range(DEPTH))
+
+
 def _indexes(key: bytes) -> tuple[int, ...]:
     # A stable hash (not Python's per-process one): every process must agree on the slots.
-    d = hashlib.blake2b(key, digest_size=4 * DEPTH).digest()
-    return tuple(HEADER + row * WIDTH + (int.from_bytes(d[4 * row:4 * row + 4], "little") & (WIDTH - 1))
-                 for row in range(DEPTH))
+    h = _ROWS.unpack(hashlib.blake2b(key, digest_size=4 * DEPTH).digest())
+    m = WIDTH - 1
+    return _OFFSETS[0] + (h[0] & m), _OFFSETS[1] + (h[1] & m), _OFFSETS[2] + (h[2] & m), _OFFSETS[3] + (h[3] & m)
 
 
 class FrequencySketch:
@@ -123,7 +127,8 @@ class FrequencySketch:
 
     def estimate(self, key: bytes) -> int:
         buf = self.buf
-        return min(buf[i] for i in _indexes(key))
+        a, b, c, d = _indexes(key)
+        return min(buf[a], buf[b], buf[c], buf[d])
 
     def age(self) -> None:
         """Halve every counter (one C-level translate of the table), and the boundary with them."""
@@ -141,4 +146,7 @@ class FrequencySketch:
 
 def file_key(objects_dir: bytes, object_file: bytes) -> bytes:
     """What the sketch counts an object under: its file's path below ``objects/`` (sidecar and evictor agree)."""
+    prefix = objects_dir.rstrip(b"/") + b"/"
+    if object_file.startswith(prefix):
+        return object_file[len(prefix):]
     return os.path.relpath(object_file, objects_dir)
