@@ -89,7 +89,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             if sketch is not None:  # the sidecar counted the misses; the hits are counted here
                 for path, n in accesslog.resolve(layout, log.counts, config.addressing, combine=operator.add).items():
                     sketch.add(file_key(objects_dir, path), n)
-        fills_before = ledger.read()[1] if not dry_run else 0
+        _, fills_before, refused = ledger.read() if not dry_run else (None, 0, 0)
 
         # 2. The walk.  A dry run overlays the hits it did not write.
         result = scan(layout, now=started, grace=grace, should_stop=should_stop,
@@ -103,7 +103,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         fs = usage()
         summary.usage_percent_before = usage_percent(fs, result.bytes, config.max_bytes)
         need = bytes_to_free(fs, result.bytes, high=config.evict_high, low=config.evict_low,
-                             max_bytes=config.max_bytes)
+                             max_bytes=config.max_bytes, refused=refused)
 
         if sketch is not None and not dry_run:
             # TinyLFU's sample: ten times the objects the cache holds.

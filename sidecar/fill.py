@@ -370,9 +370,8 @@ class Filler:
             raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
         if self.cap is not None:
             # Before the body is read: a fill the cap would refuse at commit is not worth its egress.
-            cached, _ = self.ledger.read()
-            if cached is not None and cached + expected > self.cap:
-                raise FillFailed("over-cap", f"{cached} + {expected} bytes > {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
+            if self.ledger.would_refuse(expected, self.cap):
+                raise FillFailed("over-cap", f"{expected} more bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
         if "x-amz-server-side-encryption-customer-algorithm" in headers:
             raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
         # SSE-KMS ETags are not the MD5 of the body.

@@ -167,6 +167,20 @@ def test_a_pass_sets_the_ledger_from_its_scan(cache):
     assert CacheBytes(cache.layout.cache_bytes_file).read()[0] == 2000  # 4000 scanned, 2000 evicted
 
 
+def test_a_refused_fill_makes_the_next_pass_free_room_below_high(cache):
+    # Fills stop at HIGH, so usage never crosses it: the refusal itself must trigger the pass.
+    for i, k in enumerate("abc"):
+        cache.put(k, atime_ns=ns_ago(5 - i))
+    cache.run(S3CACHE_MAX_BYTES="3500")  # 3000 of 3500: below HIGH (90% = 3150), nothing goes
+    assert all(cache.has(k) for k in "abc")
+    ledger = CacheBytes(cache.layout.cache_bytes_file)
+    assert not ledger.try_add(1000, fill_limit(3500, 90))  # a 1000-byte fill is refused
+    cache.run(S3CACHE_MAX_BYTES="3500")  # room for it below LOW (80% = 2800): two files go
+    assert [cache.has(k) for k in "abc"] == [False, False, True]
+    assert ledger.read()[0] == 1000 and ledger.read()[2] == 0
+    assert ledger.try_add(1000, fill_limit(3500, 90))
+
+
 def _burst_worker(path: str, n: int, out) -> None:
     ledger = CacheBytes(path)
     out.put(sum(ledger.try_add(100, 1000) for _ in range(n)))
