@@ -239,3 +239,34 @@ def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
     assert on_disk <= fill_limit(cap, 90), (len(cached), on_disk)
     assert len(cached) == 9  # the cap is used, not just respected
     assert CacheBytes(stack.layout.cache_bytes_file).read()[0] == on_disk
+
+
+# -- what admission saved, on the status page and in the metrics -----------------------------------
+
+
+def test_the_status_snapshot_page_and_metrics_show_admission(cache):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from s3cache.config import Config
+    from sidecar import metrics, status_page
+    from sidecar.collector import Collector
+    from tests.test_status_units import FakeFiller
+
+    (cache.layout.logs_dir / "access.log").write_bytes(b"")
+    adm = Admission("count:2", cache.layout)
+    for _ in range(2):
+        adm.admit(ObjectRef("bkt", "twice"))  # declined, then admitted
+    adm.admit(ObjectRef("bkt", "once"))       # declined
+    config = Config.from_env({"S3CACHE_DIR": str(cache.root), "S3CACHE_ADMIT": "count:2"})
+    snap = Collector(config, cache.layout, FakeFiller(), admission=adm).snapshot()
+    a = snap["admission"]
+    assert (a["admitted"], a["declined"]) == (1, 2)
+    assert a["admit_rate"] == pytest.approx(1 / 3)
+    assert a["saved_bytes_estimated"] == 2 * 1500  # FakeFiller: 3000 bytes in 2 fills
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for fam in text_string_to_metric_families(metrics.render(snap)) for s in fam.samples}
+    assert values[("s3cache_admission_decisions_total", (("decision", "declined"),))] == 2
+    assert values[("s3cache_admission_saved_bytes", ())] == 3000
+    page = status_page.render(snap)
+    assert 'data-key="admission"' in page and "S3CACHE_ADMIT=count:2" in page
+    assert 'data-key="admission_declined">2<' in page
