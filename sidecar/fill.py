@@ -285,7 +285,8 @@ class Filler:
         if tmp is not None:
             _unlink_quietly(tmp)
         reason = _failure_reason(exc)
-        log.warning("not caching %s: %s", ref.name, _describe(reason, exc))
+        # The cap refusing a fill is the cache working as configured (until the next pass makes room), not trouble.
+        (log.info if reason == "over-cap" else log.warning)("not caching %s: %s", ref.name, _describe(reason, exc))
         disk = None
         if reason in DISK_REASONS:
             disk = DiskFailure(reason, _describe(reason, exc), getattr(exc, "needed", 0), time.time())
