@@ -89,7 +89,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             if sketch is not None:  # the sidecar counted the misses; the hits are counted here
                 for path, n in accesslog.resolve(layout, log.counts, config.addressing, combine=operator.add).items():
                     sketch.add(file_key(objects_dir, path), n)
-        _, fills_before, refused = ledger.read() if not dry_run else (None, 0, 0)
+        _, added_before, refused = ledger.read() if not dry_run else (None, 0, 0)
 
         # 2. The walk.  A dry run overlays the hits it did not write.
         result = scan(layout, now=started, grace=grace, should_stop=should_stop,
@@ -142,7 +142,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             sketch.boundary = boundary
         if not dry_run:
             try:
-                ledger.set_after_pass(result.bytes, freed_size, fills_before)
+                ledger.set_after_pass(result.bytes, freed_size, added_before)
             except OSError as exc:
                 errors.add("writing run/cache-bytes", exc)
         if need is not None:

@@ -11,11 +11,15 @@ A refused fill must not wait for usage to cross HIGH by itself (refusals
 keep it below HIGH for ever): the largest refused size since the last pass
 is kept too, and the next pass frees room for it (``evictor.policy``).
 
-The file holds three little-endian uint64: the bytes, a count of fills
-(the generation), and the largest fill refused since the last pass.  A pass sets the bytes from its scan when no fill landed
-while it walked (the generation did not move); otherwise it only takes off
-what it removed, and the next quiet pass corrects any drift.  Until the
-first pass there is no figure and fills are not held back.
+Every pass sets the bytes anew: its scan, minus its removals, plus what
+fills added while it walked (a running total of added bytes tells).  A fill
+the walk also saw is then counted twice, which errs on the safe side and is
+gone at the next pass.  Until the first pass there is no figure and fills
+are not held back (the total still counts them, so the first pass misses none).
+
+The file holds three little-endian 64-bit integers: the bytes (-1: none yet),
+the bytes fills ever added (the running total), and the largest fill refused
+since the last pass.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import struct
 from contextlib import contextmanager
 from typing import Iterator
 
-_FMT = "<QQQ"
+_FMT = "<qqq"
 _SIZE = struct.calcsize(_FMT)
 
 
@@ -48,14 +52,15 @@ class CacheBytes:
         raw = os.pread(fd, _SIZE, 0)
         if len(raw) != _SIZE:
             return None, 0, 0
-        return struct.unpack(_FMT, raw)
+        value, added, refused = struct.unpack(_FMT, raw)
+        return (None if value < 0 else value), added, refused
 
     @staticmethod
-    def _write(fd: int, value: int, generation: int, refused: int) -> None:
-        os.pwrite(fd, struct.pack(_FMT, max(0, value), generation, refused), 0)
+    def _write(fd: int, value: int | None, added: int, refused: int) -> None:
+        os.pwrite(fd, struct.pack(_FMT, -1 if value is None else max(0, value), added, refused), 0)
 
     def read(self) -> tuple[int | None, int, int]:
-        """(bytes or None before the first pass, generation, largest fill refused since the last pass)."""
+        """(bytes or None before the first pass, bytes ever added by fills, largest fill refused since the last pass)."""
         try:
             with self._locked() as fd:
                 return self._read(fd)
@@ -65,13 +70,14 @@ class CacheBytes:
     def try_add(self, size: int, limit: int | None) -> bool:
         """Count ``size`` more bytes unless that takes the cache above ``limit``; False: refused, nothing counted."""
         with self._locked() as fd:
-            value, gen, refused = self._read(fd)
-            if value is None:
-                return True  # no pass yet: nothing to hold the fill against
+            value, added, refused = self._read(fd)
+            if value is None:  # no pass yet: nothing to hold the fill against, but the total counts it
+                self._write(fd, None, added + size, refused)
+                return True
             if limit is not None and size > 0 and value + size > limit:
-                self._write(fd, value, gen, max(refused, size))
+                self._write(fd, value, added, max(refused, size))
                 return False
-            self._write(fd, value + size, gen + 1, refused)
+            self._write(fd, value + size, added + size, refused)
             return True
 
     def would_refuse(self, size: int, limit: int | None) -> bool:
@@ -79,22 +85,19 @@ class CacheBytes:
         if limit is None:
             return False
         with self._locked() as fd:
-            value, gen, refused = self._read(fd)
+            value, added, refused = self._read(fd)
             if value is None or value + size <= limit:
                 return False
-            self._write(fd, value, gen, max(refused, size))
+            self._write(fd, value, added, max(refused, size))
             return True
 
-    def set_after_pass(self, scanned: int, freed: int, generation_before: int) -> int:
-        """The pass's word: its scan minus its removals if no fill landed meanwhile, else the running figure minus its removals."""
+    def set_after_pass(self, scanned: int, freed: int, added_before: int) -> int:
+        """The pass's word: its scan, minus its removals, plus what fills added since it read ``added_before``."""
         with self._locked() as fd:
-            value, gen, _ = self._read(fd)
-            if value is None or gen == generation_before:
-                value = scanned - freed
-            else:
-                value = value - freed
-            self._write(fd, value, gen, 0)  # the refusals it was told of are answered
-            return max(0, value)
+            _, added, _ = self._read(fd)
+            value = max(0, scanned - freed + (added - added_before))
+            self._write(fd, value, added, 0)  # the refusals it was told of are answered
+            return value
 
 
 def fill_limit(max_bytes: int | None, high_percent: float) -> int | None:

@@ -189,7 +189,7 @@ def _burst_worker(path: str, n: int, out) -> None:
 def test_the_ledger_never_lets_a_burst_of_fills_cross_the_limit(tmp_path):
     ledger = CacheBytes(tmp_path / "cache-bytes")
     assert ledger.try_add(10**9, 1000)  # before the first pass: no figure, no refusal
-    ledger.set_after_pass(scanned=300, freed=0, generation_before=0)
+    ledger.set_after_pass(scanned=300, freed=0, added_before=10**9)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=_burst_worker, args=(str(ledger.path), 20, out)) for _ in range(4)]
@@ -200,6 +200,15 @@ def test_the_ledger_never_lets_a_burst_of_fills_cross_the_limit(tmp_path):
         p.join(60)
     assert admitted == 7  # (1000 - 300) / 100: exactly what fits, whoever asked
     assert ledger.read()[0] == 1000
+
+
+def test_fills_before_and_during_the_first_pass_are_never_lost(tmp_path):
+    ledger = CacheBytes(tmp_path / "cache-bytes")
+    ledger.try_add(500, 1000)                  # before any pass: not held back, still counted
+    _, added_before, _ = ledger.read()         # the pass starts (and its walk sees that fill) ...
+    ledger.try_add(200, 1000)                  # ... a fill lands after the walk passed its directory
+    assert ledger.set_after_pass(scanned=500, freed=0, added_before=added_before) == 700
+    assert not ledger.try_add(400, 1000)       # 700 + 400 > 1000
 
 
 def test_fill_limit_is_the_high_watermark_of_the_cap():
