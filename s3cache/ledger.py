@@ -34,6 +34,10 @@ _FMT = "<qqq"
 _SIZE = struct.calcsize(_FMT)
 
 
+class OverCap(Exception):
+    """The fill would take the cache above its limit."""
+
+
 class CacheBytes:
     def __init__(self, path: os.PathLike | str):
         self.path = os.fspath(path)
@@ -67,18 +71,30 @@ class CacheBytes:
         except OSError:
             return None, 0, 0
 
-    def try_add(self, size: int, limit: int | None) -> bool:
-        """Count ``size`` more bytes unless that takes the cache above ``limit``; False: refused, nothing counted."""
+    @contextmanager
+    def adding(self, size: int, limit: int | None) -> Iterator[None]:
+        """Hold the ledger while the caller installs ``size`` more bytes; counted when the block ends without error.
+
+        Raises ``OverCap`` (and records the refusal) instead when that would take the cache above
+        ``limit``.  Check, install and count under one lock: a pass reading the total sees an
+        object either counted and in place, or neither.
+        """
         with self._locked() as fd:
             value, added, refused = self._read(fd)
-            if value is None:  # no pass yet: nothing to hold the fill against, but the total counts it
-                self._write(fd, None, added + size, refused)
-                return True
-            if limit is not None and size > 0 and value + size > limit:
+            if value is not None and limit is not None and size > 0 and value + size > limit:
                 self._write(fd, value, added, max(refused, size))
-                return False
-            self._write(fd, value + size, added + size, refused)
-            return True
+                raise OverCap(f"{value} + {size} bytes > {limit}")
+            yield
+            # No pass yet: nothing held the fill back, but the total counts it.
+            self._write(fd, None if value is None else value + size, added + size, refused)
+
+    def try_add(self, size: int, limit: int | None) -> bool:
+        """Count ``size`` more bytes unless that takes the cache above ``limit``; False: refused, nothing counted."""
+        try:
+            with self.adding(size, limit):
+                return True
+        except OverCap:
+            return False
 
     def would_refuse(self, size: int, limit: int | None) -> bool:
         """Whether ``try_add`` would refuse ``size`` now (recorded as a refusal if so); counts nothing."""

@@ -44,7 +44,7 @@ import urllib3
 from s3cache import metadata, objectlock
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
-from s3cache.ledger import CacheBytes
+from s3cache.ledger import CacheBytes, OverCap
 from s3cache.redact import redact
 from sidecar import hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
@@ -417,21 +417,25 @@ class Filler:
             # falls back to If-Modified-Since and sees a change, never an
             # old body under the new ETag.
             metadata.forget(self.layout, ref)
-        # The object's mark goes in before the object, so that no open-mode hit serves it without its
-        # headers; marks of another kind (a replaced object's) go after.
         size = os.fstat(fd).st_size
+        delta, limit = size, self.cap
         if replace:
             try:
-                old = os.stat(final).st_size
+                delta, limit = size - os.stat(final).st_size, None
             except OSError:
-                old = 0
-            self.ledger.try_add(size - old, None)
-        elif not self.ledger.try_add(size, self.cap):  # checked and counted under one lock: a burst cannot overshoot
-            raise FillFailed("over-cap", f"{size} bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
-        kind = hit_headers.mark_kind(ref.key, headers)
-        if kind is not None:
-            self._mark(ref, kind)
-        _rename_into(tmp, final)
+                limit = None
+        try:
+            # Checked, installed and counted under the ledger's lock: a burst of fills cannot overshoot,
+            # and a pass never reads a total that lacks an object already in place.
+            with self.ledger.adding(delta, limit):
+                # The object's mark goes in before the object, so that no open-mode hit serves it without
+                # its headers; marks of another kind (a replaced object's) go after.
+                kind = hit_headers.mark_kind(ref.key, headers)
+                if kind is not None:
+                    self._mark(ref, kind)
+                _rename_into(tmp, final)
+        except OverCap:
+            raise FillFailed("over-cap", f"{size} bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)") from None
         for other in MARK_KINDS:
             if other != kind:
                 self._unmark(ref, other)
