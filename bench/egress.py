@@ -92,7 +92,8 @@ def _origin_bytes(log_path, offset: int) -> dict:
             "origin_client_gets": client_n, "origin_fill_gets": fills_n}
 
 
-def run_mode(ctx: Context, origin, workload, capacity: int, mode: str, time_budget: float, overshoot: float) -> dict:
+def run_mode(ctx: Context, origin, workload, capacity: int, mode: str, time_budget: float, overshoot: float,
+             label: str = "", **env: str) -> dict:
     """One replay through a fresh stack.
 
     S3CACHE_MAX_BYTES is enforced by passes every EVICT_INTERVAL, so between
@@ -100,8 +101,8 @@ def run_mode(ctx: Context, origin, workload, capacity: int, mode: str, time_budg
     policy at (about) the cap, misses are paced so that one interval's fills
     stay within ``overshoot`` x the cap; the passes' ``bytes_before`` show how well that held.
     """
-    stack = BenchStack(ctx.dir(f"egress/{mode}"), origin.url, S3CACHE_ACCESS="open", S3CACHE_MISS=mode,
-                       S3CACHE_MAX_BYTES=str(capacity), S3CACHE_EVICT_INTERVAL=str(EVICT_INTERVAL)).start()
+    stack = BenchStack(ctx.dir(f"egress/{label or mode}"), origin.url, S3CACHE_ACCESS="open", S3CACHE_MISS=mode,
+                       S3CACHE_MAX_BYTES=str(capacity), S3CACHE_EVICT_INTERVAL=str(EVICT_INTERVAL), **env).start()
     try:
         offset = origin.access_log.stat().st_size
         started = time.monotonic()
@@ -120,11 +121,12 @@ def run_mode(ctx: Context, origin, workload, capacity: int, mode: str, time_budg
     finally:
         stack.stop()
     out["mode"] = mode
+    out["settings"] = env
     out["origin_per_client"] = out["origin_bytes"] / out["client_bytes"] if out["client_bytes"] else float("nan")
     out["byte_hit_ratio"] = out["hit_bytes"] / out["client_bytes"] if out["client_bytes"] else float("nan")
     out["hit_ratio"] = out["hits"] / out["requests"] if out["requests"] else float("nan")
     out["dollars_saved_per_tb"] = dollars_saved_per_tb(out["origin_per_client"])
-    ctx.log(f"egress {mode:<8} {out['requests']} requests in {out['seconds']:.0f}s: byte hit ratio "
+    ctx.log(f"egress {label or mode:<8} {out['requests']} requests in {out['seconds']:.0f}s: byte hit ratio "
             f"{out['byte_hit_ratio']:.3f}, origin/client {out['origin_per_client']:.3f}, "
             f"cache at passes: mean {out['mean_cache_bytes_seen'] / capacity:.0%}, "
             f"peak {out['peak_cache_bytes_seen'] / capacity:.0%} of the cap; errors {out['errors']}")

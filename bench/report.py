@@ -252,6 +252,7 @@ def full_markdown(results: dict, plots: list[str]) -> str:
                       for r in eg["real"]) + ".", ""]
     elif "error" in eg:
         parts += ["## Egress", "", "```", eg["error"], "```", ""]
+    parts += _policies_markdown(results.get("policies", {}), plots)
     ev = results.get("evictor_scale", {})
     if ev.get("phases") or ev.get("skipped") or ev.get("error"):
         parts += ["## Eviction scale", ""]
@@ -371,7 +372,70 @@ def make_plots(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "egress.png", dpi=110)
         plt.close(fig)
         made.append("egress.png")
+    made += _policies_plot(results.get("policies", {}), out, plt)
     return made
+
+
+def _policies_markdown(po: dict, plots: list[str]) -> list[str]:
+    if "error" in po:
+        return ["## Admission and eviction", "", "```", po["error"], "```", ""]
+    if "sim" not in po:
+        return []
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def d(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    parts = ["## Admission and eviction", "",
+             f"Traces of `bench/traces.py` ({po['objects']:,} objects, {po['requests']:,} requests, fixed seeds); "
+             "capacity as a share of the working set's bytes. `lru+first` is s3cache before issue 16, `lfu+tinylfu` "
+             "the defaults (`bench/policysim.py`); `libcachesim …` rows are libCacheSim's own policies"
+             + ("" if po.get("libcachesim") else " (not installed in this run)") + ". "
+             "$ saved per TB served at $0.09/GB.", "",
+             "### Targets (simulated)", "",
+             markdown_table(["target", "value", ""], [[t["target"], t["value"], _status(t["met"])] for t in po["targets"]]),
+             "", "### Simulated", "",
+             markdown_table(["trace", "capacity", "policy", "hit ratio", "byte hit ratio", "origin ÷ client, redirect",
+                             "origin ÷ client, stream", "$ saved/TB, redirect", "$ saved/TB, stream"],
+                            [[r["trace"], f"{r['capacity']:.0%}", r["policy"], f(r["hit_ratio"]), f(r["byte_hit_ratio"]),
+                              f(r["redirect_origin_per_client"]), f(r["stream_origin_per_client"]),
+                              d(r["dollars_saved_per_tb_redirect"]), d(r["dollars_saved_per_tb_stream"])]
+                             for r in po["sim"]]), ""]
+    if po.get("real"):
+        parts += ["### Real stack (Zipf 0.9)", "",
+                  markdown_table(["capacity", "policy", "mode", "requests", "hit ratio", "byte hit ratio",
+                                  "origin ÷ client", "$ saved/TB", "peak cache at passes (of cap)"],
+                                 [[f"{r['capacity']:.0%}", r["policy"], r["mode"], _num(r["requests"]),
+                                   f(r["hit_ratio"]), f(r["byte_hit_ratio"]), f(r["origin_per_client"]),
+                                   d(r["dollars_saved_per_tb"]),
+                                   f"{r['peak_cache_bytes_seen'] / max(1, r['capacity_bytes']):.0%}"
+                                   if r.get("capacity_bytes") else ""] for r in po["real"]]), ""]
+    if "policies.png" in plots:
+        parts += ["![admission and eviction](policies.png)", ""]
+    return parts
+
+
+def _policies_plot(po: dict, out: Path, plt) -> list[str]:
+    if "sim" not in po:
+        return []
+    names = sorted({r["trace"] for r in po["sim"]}, key=[r["trace"] for r in po["sim"]].index)
+    caps = sorted({r["capacity"] for r in po["sim"]})
+    pols = list(dict.fromkeys(r["policy"] for r in po["sim"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4.5), sharey=True)
+    for ax, name in zip(axes, names):
+        for pol in pols:
+            ys = [next((r["byte_hit_ratio"] for r in po["sim"] if (r["trace"], r["capacity"], r["policy"]) ==
+                        (name, c, pol)), None) for c in caps]
+            ax.plot([f"{c:.0%}" for c in caps], ys, marker="o", label=pol,
+                    lw=2.5 if pol == "lfu+tinylfu" else 1)
+        ax.set_title(f"{name}: byte hit ratio")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "policies.png", dpi=110)
+    plt.close(fig)
+    return ["policies.png"]
 
 
 def write(results: dict, out: Path) -> Path:

@@ -72,6 +72,7 @@ def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
 @dataclass
 class LogRead:
     hits: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> latest hit (ns)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> hits (for the sketch)
     lines: int = 0
     malformed: int = 0
     files: list[str] = field(default_factory=list)
@@ -90,6 +91,7 @@ class LogRead:
             return
         path, ns = hit
         ns = min(ns, self.now_ns)  # a clock in the future must not pin an object forever
+        self.counts[path] = self.counts.get(path, 0) + 1
         if ns > self.hits.get(path, 0):
             self.hits[path] = ns
 
@@ -108,8 +110,12 @@ def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Error
 
 
 def resolve(layout: Layout, hits: dict[tuple[str, str], int],
-            addressing: Addressing | None = None) -> dict[bytes, int]:
-    """(host, raw path) of each hit -> object file paths (the same reading of a request as the sidecar's)."""
+            addressing: Addressing | None = None, *, combine=max) -> dict[bytes, int]:
+    """(host, raw path) of each hit -> object file paths (the same reading of a request as the sidecar's).
+
+    Two requests for one file (another host or spelling) are combined: the latest hit by default,
+    ``combine=operator.add`` for counts.
+    """
     out: dict[bytes, int] = {}
     for (host, raw_path), ns in hits.items():
         try:
@@ -119,8 +125,7 @@ def resolve(layout: Layout, hits: dict[tuple[str, str], int],
             path = os.fsencode(str(layout.object_path(parsed.ref)))
         except (BadRequest, ValueError):  # Uncacheable is a ValueError
             continue
-        if ns > out.get(path, 0):
-            out[path] = ns
+        out[path] = combine(out[path], ns) if path in out else ns
     return out
 
 

@@ -1,4 +1,4 @@
-"""One eviction pass, start to end: recency from the log, the scan, the decision, removals, housekeeping, the report.
+"""One eviction pass, start to end: recency and frequency from the log, the scan, the decision, removals, housekeeping, the report.
 
 Shared by the scheduled process (``python -m evictor``) and ``s3cache evict
 --once``.  Real passes hold ``run/evictor.lock`` (flock) so a manual pass and
@@ -9,13 +9,14 @@ even atimes or the log cursor) and takes no lock.
 from __future__ import annotations
 
 import fcntl
+import operator
 import os
 import time
 from typing import Callable
 
 from evictor import accesslog
 from evictor.housekeeping import GRACE_SECONDS, OnRemove, remove_orphan_metas, sweep_temp
-from evictor.policy import bytes_to_free, lru_order
+from evictor.policy import bytes_to_free, frequency_keys, key_estimate, lru_order
 from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent
 from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove_object
 from evictor.report import Errors, PassSummary, write_pass
@@ -23,9 +24,22 @@ from evictor.scan import PassAborted, scan
 from s3cache.config import Config
 from s3cache import sizelog
 from s3cache.layout import Layout
+from s3cache.ledger import CacheBytes
+from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch, file_key
 
 LOCK_FILE = "evictor.lock"
 __all__ = ["PassAborted", "PassBusy", "run_pass"]
+
+
+def _open_sketch(layout: Layout, dry_run: bool, errors: Errors) -> FrequencySketch | None:
+    """The shared frequency sketch; a dry run only reads one that exists.  None: LRU it is, this pass."""
+    if dry_run and not os.path.exists(layout.sketch_file):
+        return None
+    try:
+        return FrequencySketch.open(layout.sketch_file)
+    except (OSError, ValueError) as exc:
+        errors.add("opening run/frequency.sketch", exc)
+        return None
 
 
 class PassBusy(Exception):
@@ -59,16 +73,24 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                           low=config.evict_low, max_bytes=config.max_bytes)
     errors = Errors()
     lock_fd = None
+    sketch = None
+    ledger = CacheBytes(layout.cache_bytes_file)
     if not dry_run:
         layout.ensure()
         lock_fd = _lock(layout)
     try:
+        sketch = _open_sketch(layout, dry_run, errors)
+        objects_dir = os.fsencode(layout.objects_dir)
         # 1. Recency first, so the scan sees this pass's hits.
         log = accesslog.read_new(layout, accesslog.load_cursor(layout), now=started, errors=errors)
         hit_paths = accesslog.resolve(layout, log.hits, config.addressing)
         summary.log_lines, summary.log_hits = log.lines, len(hit_paths)
         if not dry_run:
             summary.atimes_refreshed = accesslog.refresh_atimes(hit_paths, errors)
+            if sketch is not None:  # the sidecar counted the misses; the hits are counted here
+                for path, n in accesslog.resolve(layout, log.counts, config.addressing, combine=operator.add).items():
+                    sketch.add(file_key(objects_dir, path), n)
+        _, added_before, refused = ledger.read() if not dry_run else (None, 0, 0)
 
         # 2. The walk.  A dry run overlays the hits it did not write.
         result = scan(layout, now=started, grace=grace, should_stop=should_stop,
@@ -82,15 +104,23 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         fs = usage()
         summary.usage_percent_before = usage_percent(fs, result.bytes, config.max_bytes)
         need = bytes_to_free(fs, result.bytes, high=config.evict_high, low=config.evict_low,
-                             max_bytes=config.max_bytes)
+                             max_bytes=config.max_bytes, refused=refused)
 
-        # 4. Removals, least recently accessed first, until the need is met.
-        # Taken one at a time from the LRU order, so a victim that vanished or
+        if sketch is not None and not dry_run:
+            # TinyLFU's sample: ten times the objects the cache holds.
+            sketch.window = max(WINDOW_MIN, WINDOW_PER_OBJECT * result.files)
+
+        # 4. Removals, first in the policy's order, until the need is met.
+        # Taken one at a time from that order, so a victim that vanished or
         # refused to go is made up for by the next one.
         emptied: set[bytes] = set()  # directories that may now be empty
         freed_size = freed_alloc = 0
+        keys = None
+        boundary = 0  # the highest frequency removed: what a newcomer must beat (S3CACHE_ADMIT=tinylfu)
         if need is not None:
-            for n, i in enumerate(lru_order(table, need, result.bytes, result.alloc_bytes)):
+            if sketch is not None and config.evict_policy == "lfu":
+                keys = frequency_keys(table, sketch, objects_dir)
+            for n, i in enumerate(lru_order(table, need, result.bytes, result.alloc_bytes, keys)):
                 if need.met_by(freed_size, freed_alloc):
                     break
                 if should_stop is not None and n % 1000 == 999 and should_stop():
@@ -101,10 +131,21 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                     if on_remove is not None:
                         on_remove("object", path, table.size[i])
                     summary.evicted_files += 1
+                    if keys is not None:
+                        boundary = max(boundary, key_estimate(keys[i]))
+                    elif sketch is not None:
+                        boundary = max(boundary, sketch.estimate(file_key(objects_dir, path)))
                     freed_size += table.size[i]
                     freed_alloc += table.alloc[i]
                     emptied.update((os.path.dirname(path), os.path.dirname(meta), *map(os.path.dirname, marks)))
         summary.evicted_bytes = freed_size
+        if not dry_run and summary.evicted_files and sketch is not None:
+            sketch.boundary = boundary
+        if not dry_run:
+            try:
+                ledger.set_after_pass(result.bytes, freed_size, added_before)
+            except OSError as exc:
+                errors.add("writing run/cache-bytes", exc)
         if need is not None:
             summary.target_reached = need.met_by(freed_size, freed_alloc)
 
@@ -132,6 +173,8 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             fs_after = usage()
         summary.usage_percent_after = usage_percent(fs_after, summary.bytes_after, config.max_bytes)
     finally:
+        if sketch is not None:
+            sketch.close()
         if lock_fd is not None:
             os.close(lock_fd)
     summary.finished_at = now()

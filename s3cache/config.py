@@ -208,6 +208,15 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _admit(value: str) -> str:
+    if value in ("first", "tinylfu"):
+        return value
+    kind, _, n = value.partition(":")
+    if kind == "count" and n.isdigit() and int(n) >= 1:
+        return f"count:{int(n)}"
+    raise ValueError(f"expected first, tinylfu or count:N (N >= 1), got {value!r}")
+
+
 def parse_signing_keys(text: str) -> dict[str, str]:
     """``AKID:SECRET`` pairs, separated by commas and/or newlines.
 
@@ -361,6 +370,14 @@ class Config:
     evict_low: float = setting(
         "80", _percent,
         "Evict until usage is below this percent.")
+    evict_policy: str = setting(
+        "lfu", _choice("lfu", "lru"),
+        "Which objects an eviction pass removes first: lfu (least often asked for lately, by the "
+        "aging frequency sketch; least recently among equals) or lru (least recently used).")
+    admit: str = setting(
+        "tinylfu", _admit,
+        "When a miss fills the cache: tinylfu (when the object is asked for more often than what "
+        "the last eviction removed), count:N (once it was asked for N times lately) or first (every miss).")
     evict_interval: float = setting(
         "60", _positive_float,
         "Seconds between eviction passes.")

@@ -15,6 +15,8 @@ module hands it, the sidecar's fills, the evictor) goes through here.
       run/size-journal.jsonl   the cache's size changes since the last eviction pass (s3cache/sizelog.py)
       run/parts.json           the supervisor's parts (front-parts.json for a front tier)
       run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
+      run/frequency.sketch     how often each object was asked for lately (s3cache.sketch)
+      run/cache-bytes          the cache's bytes, kept by fills and passes (s3cache.ledger)
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
 ``tmp``, ``meta`` and ``marks`` are siblings of ``objects`` on the same filesystem, so the
@@ -122,6 +124,8 @@ class Layout:
         self.front_parts_file = self.run_dir / "front-parts.json"
         self.evictor_status_file = self.run_dir / "evictor.json"
         self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"
+        self.sketch_file = self.run_dir / "frequency.sketch"  # s3cache.sketch: requests per object, lately
+        self.cache_bytes_file = self.run_dir / "cache-bytes"  # s3cache.ledger: the cache's bytes, kept at fill time
 
     def ensure(self) -> None:
         for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.tmp_dir, self.run_dir,

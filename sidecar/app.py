@@ -20,8 +20,10 @@ from s3cache.request_path import BadRequest
 from sidecar import internal
 from sidecar.internal import client_host
 from sidecar.status import Status
+from s3cache.ledger import fill_limit
+from sidecar.admission import Admission
 from sidecar.fill import Filler
-from sidecar.miss import plan_miss
+from sidecar.miss import MissPlan, plan_miss
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
 from sidecar.upstream import Upstream
@@ -43,11 +45,13 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     upstream = filler.upstream if filler is not None else Upstream()
     filler = filler or Filler(layout, workers=config.fill_workers, timeout=config.fill_timeout,
                               max_object_bytes=config.max_object_bytes, upstream=upstream,
-                              min_rate=config.fill_min_rate)
+                              min_rate=config.fill_min_rate,
+                              cap=fill_limit(config.max_bytes, config.evict_high))
+    admission = Admission(config.admit, layout)
     # Streams hold a server thread for as long as S3 and the client take: at most
     # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
     stream_slots = threading.BoundedSemaphore(config.stream_max)
-    status = Status(config, layout, filler)  # the collector behind the page, metrics and stats
+    status = Status(config, layout, filler, admission)  # the collector behind the page, metrics and stats
     app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
 
@@ -73,6 +77,8 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             plan = plan_miss(request.method, raw_uri, request.headers, config, layout, host=client_host())
         except BadRequest as exc:
             return error_response(exc.status, exc.code, exc.message)
+        if plan.fill is not None and not admission.admit(plan.fill):
+            plan = MissPlan(plan.location, None, f"not admitted (S3CACHE_ADMIT={config.admit})")
         status.count_miss(plan)
         if plan.fill is not None and config.miss == "stream" and "Range" not in request.headers:
             streamed = None

@@ -69,8 +69,10 @@ class Histogram:
 
 
 class Collector:
-    def __init__(self, config: Config, layout: Layout, filler: Filler, *, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, layout: Layout, filler: Filler, *, clock: Callable[[], float] = time.time,
+                 admission=None):
         self.config = config
+        self.admission = admission  # sidecar.admission.Admission, or None (its figures are then zero)
         self.layout = layout
         self.filler = filler
         self.clock = clock
@@ -203,6 +205,7 @@ class Collector:
                 "fills": fills,
                 "disk": self._disk(),
                 "evictor": self._evictor(),
+                "admission": self._admission(fills),
                 "top_objects": self.traffic.top_objects(10),
                 "top_objects_exact": self.traffic.top_exact,
                 "access_log": {
@@ -263,6 +266,17 @@ class Collector:
             "duration_seconds": {"buckets": self.fill_durations.cumulative(), "count": self.fill_durations.count,
                                  "sum": self.fill_durations.sum},
         }
+
+    def _admission(self, fills: dict) -> dict:
+        """S3CACHE_ADMIT's decisions, and the fill bytes the declined ones did not fetch (estimated: a
+        redirected object's size is not known, so each counts as the mean fill so far)."""
+        state = self.admission.stats() if self.admission is not None else \
+            {"policy": self.config.admit, "admitted": 0, "declined": 0, "boundary": None}
+        asked = state["admitted"] + state["declined"]
+        mean = fills["bytes"] / fills["filled"] if fills["filled"] else 0
+        saved = int(state["declined"] * mean)
+        return {**state, "admit_rate": _ratio(state["admitted"], asked), "saved_bytes_estimated": saved,
+                "saved_dollars_estimated": saved * self.config.egress_price_per_gb / GIB}
 
     def _disk(self) -> dict:
         c = self.config

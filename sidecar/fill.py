@@ -48,6 +48,7 @@ import urllib3
 from s3cache import entries, metadata, objectlock, sizelog
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
+from s3cache.ledger import CacheBytes, OverCap
 from s3cache.redact import redact
 from sidecar import hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
@@ -130,8 +131,12 @@ class Filler:
     """A bounded pool of fill workers, one fill per object at a time."""
 
     def __init__(self, layout: Layout, *, workers: int, timeout: float, max_object_bytes: int | None,
-                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE):
+                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE, cap: int | None = None):
         self.layout = layout
+        # The most the cache may hold after a fill (S3CACHE_EVICT_HIGH % of S3CACHE_MAX_BYTES), kept
+        # in run/cache-bytes between passes: a fill that would cross it is not cached.
+        self.cap = cap
+        self.ledger = CacheBytes(layout.cache_bytes_file)
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
         self.min_rate = min_rate  # bytes/s a fill must average (S3CACHE_FILL_MIN_RATE)
@@ -284,7 +289,8 @@ class Filler:
         if tmp is not None:
             _unlink_quietly(tmp)
         reason = _failure_reason(exc)
-        log.warning("not caching %s: %s", ref.name, _describe(reason, exc))
+        # The cap refusing a fill is the cache working as configured (until the next pass makes room), not trouble.
+        (log.info if reason == "over-cap" else log.warning)("not caching %s: %s", ref.name, _describe(reason, exc))
         disk = None
         if reason in DISK_REASONS:
             disk = DiskFailure(reason, _describe(reason, exc), getattr(exc, "needed", 0), time.time())
@@ -367,6 +373,10 @@ class Filler:
         expected = int(length)
         if self.max_object_bytes is not None and expected > self.max_object_bytes:
             raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
+        if self.cap is not None:
+            # Before the body is read: a fill the cap would refuse at commit is not worth its egress.
+            if self.ledger.would_refuse(expected, self.cap):
+                raise FillFailed("over-cap", f"{expected} more bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
         if "x-amz-server-side-encryption-customer-algorithm" in headers:
             raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
         # SSE-KMS ETags are not the MD5 of the body.
@@ -411,22 +421,31 @@ class Filler:
             # falls back to If-Modified-Since and sees a change, never an
             # old body under the new ETag.
             metadata.forget(self.layout, ref)
-        # The object's mark goes in before the object, so that no open-mode hit serves it without its
-        # headers; marks of another kind (a replaced object's) go after.
-        kind = hit_headers.mark_kind(ref.key, headers)
-        if kind is not None:
-            self._mark(ref, kind)
+        size = os.fstat(fd).st_size
         try:
             old_size = os.lstat(final).st_size
         except OSError:
             old_size = None
-        linked = self._publish(ref, tmp, final)
+        # A refresh replaces bytes counted already; a new object must fit under the cap.
+        delta = size - (old_size or 0)
+        limit = None if replace else self.cap
+        try:
+            # Checked, installed and counted under the ledger's lock: a burst of fills cannot overshoot,
+            # and a pass never reads a total that lacks an object already in place.
+            with self.ledger.adding(delta, limit):
+                # The object's mark goes in before the object, so that no open-mode hit serves it without
+                # its headers; marks of another kind (a replaced object's) go after.
+                kind = hit_headers.mark_kind(ref.key, headers)
+                if kind is not None:
+                    self._mark(ref, kind)
+                linked = self._publish(ref, tmp, final)
+        except OverCap:
+            raise FillFailed("over-cap", f"{size} bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)") from None
         for other in MARK_KINDS:
             if other != kind:
                 self._unmark(ref, other)
-        size = os.fstat(fd).st_size
         self._write_meta(ref, headers, size)
-        sizelog.record(self.layout, size - (old_size or 0), 0 if old_size is not None else 1, "fill")
+        sizelog.record(self.layout, delta, 0 if old_size is not None else 1, "fill")
         if linked:
             _unlink_quietly(tmp)  # still ours: nobody unlinks a locked temp path; the caller's close unlocks
 

@@ -83,6 +83,16 @@ def render(snap: dict) -> str:
         "net = gross minus what the cache downloaded for itself.",
         [({"basis": "gross"}, since["egress_saved_dollars"]), ({"basis": "net"}, since["egress_saved_net_dollars"])])
 
+    adm = snap["admission"]
+    fam("s3cache_admission_decisions_total", "counter",
+        "Fillable misses by S3CACHE_ADMIT's decision: admitted (filled) or declined (only redirected).",
+        [({"decision": "admitted"}, adm["admitted"]), ({"decision": "declined"}, adm["declined"])])
+    fam("s3cache_admission_saved_bytes", "gauge",
+        "Estimated fill bytes admission did not fetch since start (declined misses x mean fill size).",
+        [({}, adm["saved_bytes_estimated"])])
+    fam("s3cache_admission_saved_dollars", "gauge",
+        "The estimated admission savings at S3CACHE_EGRESS_PRICE_PER_GB.", [({}, adm["saved_dollars_estimated"])])
+
     misses = snap["sidecar_misses"]
     fam("s3cache_sidecar_misses_total", "counter",
         "Misses the sidecar answered, by whether a fill was queued (fill) or the request is only redirected.",

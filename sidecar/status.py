@@ -13,9 +13,9 @@ from sidecar.fill import Filler
 
 
 class Status:
-    def __init__(self, config: Config, layout: Layout, filler: Filler, *, background: bool = True):
+    def __init__(self, config: Config, layout: Layout, filler: Filler, admission=None, *, background: bool = True):
         self.config = config
-        self.collector = Collector(config, layout, filler)
+        self.collector = Collector(config, layout, filler, admission=admission)
         if background:
             self.collector.start()
 

@@ -114,6 +114,10 @@ def render(snap: dict) -> str:
          "text": fmt_ratio(hour["hit_ratio_bytes"]), "value": hour["hit_ratio_bytes"]},
         {"key": "egress_saved", "label": f"egress saved since start (${snap['price_per_gb']:g}/GB)",
          "text": _since(snap, "egress_saved"), "value": since["egress_saved_dollars"]},
+        {"key": "admission", "label": f"admitted (S3CACHE_ADMIT={snap['admission']['policy']}); saved by declining",
+         "text": f"{fmt_ratio(snap['admission']['admit_rate'])}; {fmt_bytes(snap['admission']['saved_bytes_estimated'])}"
+                 f" (${snap['admission']['saved_dollars_estimated']:.2f})",
+         "value": snap["admission"]["admit_rate"]},
         {"key": "usage", "label": "disk usage (evictor's measure)", "text": d["usage"], "value": usage},
     ]
     disk_bar = {"usage": fmt_percent(usage), "width": f"{0 if usage is None else min(100.0, usage):.2f}",

@@ -26,10 +26,11 @@ def small_fs(tmp_path):
 
 
 def test_cache_filled_past_high_is_pruned_below_low_and_hot_objects_survive(small_fs, origin, make_stack):
-    # small_fs first: it must outlive the stack that uses it.
+    # small_fs first: it must outlive the stack that uses it.  Every miss fills (S3CACHE_ADMIT=first):
+    # the test waits for each fill, and once a pass has evicted, tinylfu would decline first misses.
     origin.ensure_bucket(BUCKET)
     s3 = origin.s3()
-    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_DIR=str(small_fs / "cache"),
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_DIR=str(small_fs / "cache"), S3CACHE_ADMIT="first",
                        S3CACHE_EVICT_HIGH="70", S3CACHE_EVICT_LOW="40", S3CACHE_EVICT_INTERVAL="1")
     keys = [f"obj-{i:02d}.bin" for i in range(18)]  # 18 x 256 KiB = 4.5 MiB of a 6 MiB disk
     urls = {}

@@ -1,0 +1,144 @@
+"""s3cache's admission and eviction choices simulated on a trace, the way the real stack applies them.
+
+One request at a time; the cache may grow to ``high`` x capacity and is then
+cut to ``low`` x capacity in the eviction order (as the evictor does between
+its watermarks, here at once).  The frequency is ``s3cache.sketch`` itself,
+counting every request; the order is ``evictor.policy``'s:
+
+- eviction ``lru``: least recently used first;
+- eviction ``lfu``: lowest sketch estimate first (zero for an object not asked for since the
+  aging before last), least recently used among equals;
+- admission ``first``: every miss fills;
+- admission ``count:N``: a miss fills once the object was asked for N times (sketch estimate);
+- admission ``tinylfu``: a miss fills only when the object is asked for more often than the
+  objects the last eviction removed (the evictor publishes their highest estimate; 0 before
+  any eviction), the rule ``sidecar.admission`` applies.
+
+Costs, per miss: ``stream`` fetches the object once (whether or not it is kept);
+``redirect`` fetches it once for the client, and once more when it is filled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    policy: str
+    requests: int
+    hits: int
+    client_bytes: int
+    miss_bytes: int     # bytes of the misses (what the clients fetched from the origin)
+    fill_bytes: int     # bytes filled (admitted misses)
+    misses: int
+    fills: int
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def byte_hit_ratio(self) -> float:
+        return 1 - self.miss_bytes / self.client_bytes if self.client_bytes else 0.0
+
+    @property
+    def redirect_origin_per_client(self) -> float:
+        return (self.miss_bytes + self.fill_bytes) / self.client_bytes if self.client_bytes else 0.0
+
+    @property
+    def stream_origin_per_client(self) -> float:
+        return self.miss_bytes / self.client_bytes if self.client_bytes else 0.0
+
+
+def _key(obj: int) -> bytes:
+    return b"o%d" % obj
+
+
+def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict: str = "lru",
+             admit: str = "first", high: float = 0.9, low: float = 0.8, window: int | None = None) -> PolicyResult:
+    # As the evictor sets it: ten times the objects the cache holds (TinyLFU's sample size).
+    distinct = set(trace)
+    mean = sum(sizes[o] for o in distinct) / len(distinct)
+    sketch = FrequencySketch.in_memory(window or max(WINDOW_MIN, int(WINDOW_PER_OBJECT * capacity / mean)))
+    limit, floor = high * capacity, low * capacity
+    cache: dict[int, int] = {}  # object -> last access (request number)
+    used = hits = client = miss_bytes = fill_bytes = misses = fills = 0
+    boundary = 0
+    prev_aging = last_aging = 0
+    count_n = int(admit.partition(":")[2] or 0) if admit.startswith("count") else 0
+    for t, obj in enumerate(trace):
+        size = sizes[obj]
+        client += size
+        before = sketch.additions
+        est = sketch.add(_key(obj))
+        if sketch.additions < before:  # the sketch just aged: so does the admission boundary
+            boundary >>= 1
+            prev_aging, last_aging = last_aging, t
+        if obj in cache:
+            hits += 1
+            cache[obj] = t
+            continue
+        misses += 1
+        miss_bytes += size
+        if admit == "first":
+            ok = True
+        elif admit == "tinylfu":
+            ok = est > boundary
+        elif count_n:
+            ok = est >= count_n
+        else:
+            raise ValueError(admit)
+        if not ok or size > limit:
+            continue
+        fills += 1
+        fill_bytes += size
+        cache[obj] = t
+        used += size
+        if used > limit:
+            if evict == "lru":
+                order = sorted(cache, key=cache.__getitem__)
+                est_of = None
+            elif evict == "lfu":
+                # Not asked for since the aging before last: its count is history, not frequency.
+                est_of = {o: sketch.estimate(_key(o)) if cache[o] >= prev_aging else 0 for o in cache}
+                order = sorted(cache, key=lambda o: (est_of[o], cache[o]))
+            else:
+                raise ValueError(evict)
+            top = 0
+            for victim in order:
+                if used <= floor:
+                    break
+                used -= sizes[victim]
+                del cache[victim]
+                top = max(top, est_of[victim] if est_of else sketch.estimate(_key(victim)))
+            boundary = top
+    return PolicyResult(f"{evict}+{admit}", len(trace), hits, client, miss_bytes, fill_bytes, misses, fills)
+
+
+def main() -> None:
+    import argparse
+
+    from bench import traces
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--objects", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--policies", default="lru+first,lru+count:2,lru+tinylfu,lfu+first,lfu+tinylfu")
+    args = p.parse_args()
+    print("trace      cap  policy            hit   bhr   redirect stream")
+    for name in traces.NAMES:
+        w = traces.make(name, args.objects, args.requests)
+        for frac in (0.01, 0.10, 0.30):
+            cap = int(w.working_set_bytes * frac)
+            for pol in args.policies.split(","):
+                ev, _, ad = pol.partition("+")
+                r = simulate(w.trace, w.sizes, cap, evict=ev, admit=ad)
+                print(f"{name:<10} {frac:>4.0%} {pol:<16} {r.hit_ratio:.3f} {r.byte_hit_ratio:.3f} "
+                      f"{r.redirect_origin_per_client:.3f}    {r.stream_origin_per_client:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Issue 16: the frequency sketch, admission (S3CACHE_ADMIT), the lfu eviction order and the fill-time cap.
+
+Unit tests on hand-made traces: a temp cache built with ``Layout`` (the
+evictor's ``Cache`` helper), the sketch file in its run/, passes run with an
+injected empty disk so only S3CACHE_MAX_BYTES decides.  The cap under a
+burst of real fills is tested with the whole stack at the end.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+import pytest
+
+from s3cache.ledger import CacheBytes, fill_limit
+from s3cache.layout import ObjectRef
+from s3cache.sketch import MAX_COUNT, FrequencySketch, file_key
+from sidecar.admission import Admission
+from tests.stack import wait_until
+from tests.test_evictor import NOW, Cache, caddy_line, ns_ago
+
+
+@pytest.fixture
+def cache(tmp_path) -> Cache:
+    return Cache(tmp_path / "cache")
+
+
+def sketch_of(cache: Cache) -> FrequencySketch:
+    return FrequencySketch.open(cache.layout.sketch_file)
+
+
+def key_of(cache: Cache, key: str) -> bytes:
+    return file_key(os.fsencode(cache.layout.objects_dir),
+                    os.fsencode(str(cache.layout.object_path(ObjectRef("bkt", key)))))
+
+
+def ask(cache: Cache, key: str, times: int = 1) -> None:
+    """``times`` misses for bkt/key, counted as the sidecar counts them."""
+    adm = Admission("first", cache.layout)
+    for _ in range(times):
+        adm.admit(ObjectRef("bkt", key))
+    adm.sketch.close()
+
+
+# -- the sketch -----------------------------------------------------------------------------------
+
+
+def test_the_sketch_counts_saturates_and_is_shared_through_its_file(cache):
+    a, b = sketch_of(cache), sketch_of(cache)
+    assert [a.add(b"x") for _ in range(3)] == [1, 2, 3]
+    assert b.estimate(b"x") == 3 and b.estimate(b"y") == 0  # another mapping of the file sees the counts
+    for _ in range(40):
+        b.add(b"x")
+    assert a.estimate(b"x") == MAX_COUNT
+    a.close(), b.close()
+    assert sketch_of(cache).estimate(b"x") == MAX_COUNT  # and they survive a restart
+
+
+def test_aging_halves_every_count_and_the_boundary_after_a_window():
+    clock = iter(range(100, 10**6)).__next__
+    s = FrequencySketch.in_memory(window=20, clock=clock)
+    for _ in range(8):
+        s.add(b"hot")
+    s.boundary = 6
+    for i in range(11):
+        s.add(b"c%d" % i)
+    assert s.additions == 19 and s.estimate(b"hot") == 8
+    s.add(b"last")  # the 20th addition
+    assert s.additions == 0
+    assert s.estimate(b"hot") == 4 and s.boundary == 3
+    assert s.aged_at[0] > 0 and s.aged_at[1] == 0
+
+
+# -- admission -------------------------------------------------------------------------------------
+
+
+def test_tinylfu_admits_what_is_asked_for_more_often_than_the_last_victims(cache):
+    adm = Admission("tinylfu", cache.layout)
+    ref = ObjectRef("bkt", "new")
+    assert adm.admit(ObjectRef("bkt", "early"))  # no eviction yet: boundary 0, every miss fills
+    adm.sketch.boundary = 2  # the last pass removed objects asked for twice
+    assert [adm.admit(ref) for _ in range(4)] == [False, False, True, True]
+    assert (adm.admitted, adm.declined) == (3, 2)
+
+
+def test_count_admits_on_the_nth_request_and_first_on_every_one(cache):
+    count = Admission("count:3", cache.layout)
+    assert [count.admit(ObjectRef("bkt", "a")) for _ in range(4)] == [False, False, True, True]
+    first = Admission("first", cache.layout)
+    assert first.admit(ObjectRef("bkt", "b"))
+
+
+# -- the lfu order on hand-made traces --------------------------------------------------------------
+
+
+def test_lfu_evicts_the_rarely_asked_for_first_where_lru_would_evict_the_popular(cache):
+    # "hot" is the least recently used file, but was asked for five times; the rest once.
+    cache.put("hot", atime_ns=ns_ago(5))
+    for i, k in enumerate(("c1", "c2", "c3")):
+        cache.put(k, atime_ns=ns_ago(4 - i))
+    ask(cache, "hot", 5)
+    for k in ("c1", "c2", "c3"):
+        ask(cache, k)
+    # 4000 bytes against a cap of 3500 (HIGH 90%): down to below 80% = 2800 bytes, i.e. two files go.
+    cache.run(S3CACHE_MAX_BYTES="3500", S3CACHE_EVICT_POLICY="lfu")
+    assert [cache.has(k) for k in ("hot", "c1", "c2", "c3")] == [True, False, False, True]
+
+
+def test_lru_policy_still_evicts_by_recency_alone(cache):
+    cache.put("hot", atime_ns=ns_ago(5))
+    for i, k in enumerate(("c1", "c2", "c3")):
+        cache.put(k, atime_ns=ns_ago(4 - i))
+    ask(cache, "hot", 5)
+    cache.run(S3CACHE_MAX_BYTES="3500", S3CACHE_EVICT_POLICY="lru")
+    assert [cache.has(k) for k in ("hot", "c1", "c2", "c3")] == [False, False, True, True]
+
+
+def test_hits_replayed_from_the_access_log_count_as_frequency(cache):
+    cache.put("a", atime_ns=ns_ago(5))
+    cache.put("b", atime_ns=ns_ago(4))
+    cache.put("c", atime_ns=ns_ago(3))
+    # "a" is read three times, then "b" and "c" once each, all an hour ago: LRU would now take "a".
+    cache.log(*(caddy_line("/bkt/a", NOW - 3600 - 10 + i) for i in range(3)),
+              caddy_line("/bkt/b", NOW - 3600 - 5), caddy_line("/bkt/c", NOW - 3600 - 4))
+    cache.run(S3CACHE_MAX_BYTES="3000", S3CACHE_EVICT_POLICY="lfu")
+    assert [cache.has(k) for k in "abc"] == [True, False, True]
+    s = sketch_of(cache)
+    assert s.estimate(key_of(cache, "a")) == 3
+    assert s.boundary == 1  # what the pass removed was asked for once: newcomers must beat that
+
+
+def test_a_popular_object_left_behind_by_a_shifted_working_set_goes_first(cache):
+    # "old" was very popular, but has not been asked for since before the last two halvings.
+    cache.put("old", atime_ns=ns_ago(10))
+    cache.put("new1", atime_ns=ns_ago(1))
+    cache.put("new2", atime_ns=ns_ago(0.5))
+    cache.put("new3", atime_ns=ns_ago(0.2))
+    ask(cache, "old", 15)
+    s = sketch_of(cache)
+    clock = iter([NOW - 8 * 3600, NOW - 2 * 3600])
+    s.clock = lambda: next(clock)
+    s.age(), s.age()  # both halvings after "old"'s last access; it still estimates 3
+    assert s.estimate(key_of(cache, "old")) == 3
+    s.close()
+    ask(cache, "new1", 2), ask(cache, "new2", 2)
+    cache.run(S3CACHE_MAX_BYTES="3500", S3CACHE_EVICT_POLICY="lfu")
+    # "new3" (asked once, recent) and "old" (stale) go; the twice-asked recent ones stay.
+    assert [cache.has(k) for k in ("old", "new1", "new2", "new3")] == [False, True, True, False]
+
+
+def test_a_dry_run_writes_no_sketch(cache):
+    cache.put("a", atime_ns=ns_ago(5))
+    cache.run(S3CACHE_MAX_BYTES="500", dry_run=True)
+    assert not cache.layout.sketch_file.exists()
+    assert not cache.layout.cache_bytes_file.exists()
+
+
+# -- the cap at fill time ---------------------------------------------------------------------------
+
+
+def test_a_pass_sets_the_ledger_from_its_scan(cache):
+    for k in "abcd":
+        cache.put(k, atime_ns=ns_ago(5))
+    cache.run(S3CACHE_MAX_BYTES="3500")
+    assert CacheBytes(cache.layout.cache_bytes_file).read()[0] == 2000  # 4000 scanned, 2000 evicted
+
+
+def test_a_refused_fill_makes_the_next_pass_free_room_below_high(cache):
+    # Fills stop at HIGH, so usage never crosses it: the refusal itself must trigger the pass.
+    for i, k in enumerate("abc"):
+        cache.put(k, atime_ns=ns_ago(5 - i))
+    cache.run(S3CACHE_MAX_BYTES="3500")  # 3000 of 3500: below HIGH (90% = 3150), nothing goes
+    assert all(cache.has(k) for k in "abc")
+    ledger = CacheBytes(cache.layout.cache_bytes_file)
+    assert not ledger.try_add(1000, fill_limit(3500, 90))  # a 1000-byte fill is refused
+    cache.run(S3CACHE_MAX_BYTES="3500")  # room for it below LOW (80% = 2800): two files go
+    assert [cache.has(k) for k in "abc"] == [False, False, True]
+    assert ledger.read()[0] == 1000 and ledger.read()[2] == 0
+    assert ledger.try_add(1000, fill_limit(3500, 90))
+
+
+def _burst_worker(path: str, n: int, out) -> None:
+    ledger = CacheBytes(path)
+    out.put(sum(ledger.try_add(100, 1000) for _ in range(n)))
+
+
+def test_the_ledger_never_lets_a_burst_of_fills_cross_the_limit(tmp_path):
+    ledger = CacheBytes(tmp_path / "cache-bytes")
+    assert ledger.try_add(10**9, 1000)  # before the first pass: no figure, no refusal
+    ledger.set_after_pass(scanned=300, freed=0, added_before=10**9)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_burst_worker, args=(str(ledger.path), 20, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    admitted = sum(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert admitted == 7  # (1000 - 300) / 100: exactly what fits, whoever asked
+    assert ledger.read()[0] == 1000
+
+
+def test_fills_before_and_during_the_first_pass_are_never_lost(tmp_path):
+    ledger = CacheBytes(tmp_path / "cache-bytes")
+    ledger.try_add(500, 1000)                  # before any pass: not held back, still counted
+    _, added_before, _ = ledger.read()         # the pass starts (and its walk sees that fill) ...
+    ledger.try_add(200, 1000)                  # ... a fill lands after the walk passed its directory
+    assert ledger.set_after_pass(scanned=500, freed=0, added_before=added_before) == 700
+    assert not ledger.try_add(400, 1000)       # 700 + 400 > 1000
+
+
+def test_fill_limit_is_the_high_watermark_of_the_cap():
+    assert fill_limit(None, 90) is None
+    assert fill_limit(1000, 90) == 900
+
+
+# -- the whole stack: a burst of fills against the cap ----------------------------------------------
+
+BUCKET = "cap-tests"
+OBJECT_BYTES = 64 * 1024
+
+
+@pytest.mark.integration
+def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
+    origin.ensure_bucket(BUCKET)
+    s3 = origin.s3()
+    cap = 10 * OBJECT_BYTES  # HIGH 90%: at most 9 objects after any fill
+    # A long evict interval: only the first pass (at start, empty cache) runs during the burst.
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_MAX_BYTES=str(cap), S3CACHE_EVICT_INTERVAL="3600",
+                       S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="50", S3CACHE_FILL_WORKERS="8",
+                       S3CACHE_ADMIT="first")
+    wait_until(lambda: stack.layout.cache_bytes_file.exists() and CacheBytes(stack.layout.cache_bytes_file).read()[0] == 0,
+               timeout=30, what="the evictor's first pass")
+    keys = [f"obj-{i:02d}" for i in range(30)]
+    for k in keys:
+        s3.put_object(Bucket=BUCKET, Key=k, Body=os.urandom(OBJECT_BYTES))
+    urls = [stack.proxied(origin.presign(BUCKET, k)) for k in keys]
+    threads = [threading.Thread(target=stack.get, args=(u,)) for u in urls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wait_until(lambda: stack.fills_finished() >= len(keys), timeout=60, what="every fill to end")
+    cached = [k for k in keys if stack.object_file(BUCKET, k).exists()]
+    on_disk = sum(stack.object_file(BUCKET, k).stat().st_size for k in cached)
+    assert on_disk <= fill_limit(cap, 90), (len(cached), on_disk)
+    assert len(cached) == 9  # the cap is used, not just respected
+    assert CacheBytes(stack.layout.cache_bytes_file).read()[0] == on_disk
+
+
+# -- what admission saved, on the status page and in the metrics -----------------------------------
+
+
+def test_the_status_snapshot_page_and_metrics_show_admission(cache):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from s3cache.config import Config
+    from sidecar import metrics, status_page
+    from sidecar.collector import Collector
+    from tests.test_status_units import FakeFiller
+
+    (cache.layout.logs_dir / "access.log").write_bytes(b"")
+    adm = Admission("count:2", cache.layout)
+    for _ in range(2):
+        adm.admit(ObjectRef("bkt", "twice"))  # declined, then admitted
+    adm.admit(ObjectRef("bkt", "once"))       # declined
+    config = Config.from_env({"S3CACHE_DIR": str(cache.root), "S3CACHE_ADMIT": "count:2"})
+    snap = Collector(config, cache.layout, FakeFiller(), admission=adm).snapshot()
+    a = snap["admission"]
+    assert (a["admitted"], a["declined"]) == (1, 2)
+    assert a["admit_rate"] == pytest.approx(1 / 3)
+    assert a["saved_bytes_estimated"] == 2 * 1500  # FakeFiller: 3000 bytes in 2 fills
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for fam in text_string_to_metric_families(metrics.render(snap)) for s in fam.samples}
+    assert values[("s3cache_admission_decisions_total", (("decision", "declined"),))] == 2
+    assert values[("s3cache_admission_saved_bytes", ())] == 3000
+    page = status_page.render(snap)
+    assert 'data-key="admission"' in page and "S3CACHE_ADMIT=count:2" in page
+    assert 'data-key="admission_declined">2<' in page
