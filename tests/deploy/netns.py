@@ -111,6 +111,10 @@ class Relay:
         with entered(listen_ns):
             self._server = socket.create_server(listen, reuse_port=False)
         self._closed = False
+        # Open connections, closed with the relay: a socket made in a namespace keeps that namespace (and
+        # so its veth and addresses) alive after `ip netns delete`, into the next test's subnets.
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -129,16 +133,32 @@ class Relay:
             client.close()
             return
         upstream.settimeout(None)
+        with self._lock:
+            if self._closed:
+                client.close()
+                upstream.close()
+                return
+            self._conns.update((client, upstream))
         back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
         back.start()
         _pump(client, upstream)
         back.join(timeout=60)
+        with self._lock:
+            self._conns.difference_update((client, upstream))
         client.close()
         upstream.close()
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            conns, self._conns = list(self._conns), set()
         self._server.close()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

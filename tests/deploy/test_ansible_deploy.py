@@ -93,7 +93,8 @@ def deployment(tmp_path_factory, origin):
     require_namespaces()
     workdir = tmp_path_factory.mktemp("ansible")
     tarball = rootfs_tarball()
-    subnet = 1 + (os.getpid() % 80) * 3
+    # Three /30 subnets of 10.200.100-249.0 per run (the compose tests use 10.200.64-65.0/24).
+    subnet = 100 + (os.getpid() % 50) * 3
     targets = [Target(workdir / name, tarball, f"s3c-{os.getpid()}-{name}", subnet=subnet + i)
                for i, name in enumerate(("a", "b", "f"))]
     *nodes, front = targets

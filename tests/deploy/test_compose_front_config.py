@@ -66,8 +66,12 @@ def test_a_node_joins_the_tier_network_under_its_name(tmp_path):
 
 def test_the_front_is_caddy_alone_with_caddyfile_front_on_the_tier_network(tmp_path):
     config = rendered(env_file(tmp_path, FRONT_ENV), (FRONT_FILE,))
-    assert list(config["services"]) == ["front"]
+    # Caddy, after the one-shot that derives what it reads (`s3cache caddy-env`, no copy of the derivation here).
+    assert sorted(config["services"]) == ["caddy-env", "front"]
+    derive = config["services"]["caddy-env"]
+    assert derive["command"][:2] == ["s3cache", "caddy-env"] and derive["restart"] == "no"
     front = config["services"]["front"]
+    assert front["depends_on"] == {"caddy-env": {"condition": "service_completed_successfully"}}
     assert f"{ROOT / 'Caddyfile.front'}:/etc/caddy/Caddyfile:ro" in front["volumes"]
     assert front["ports"] == ["0.0.0.0:80:8080/tcp"]
     assert list(front["networks"]) == ["tier"]
@@ -77,13 +81,23 @@ def test_the_front_is_caddy_alone_with_caddyfile_front_on_the_tier_network(tmp_p
 
 
 def front_process_env(config: dict, tmp_path: Path) -> dict[str, str]:
-    """The environment the front's container command hands to `caddy run` (a stand-in caddy prints it)."""
+    """The environment the front's container command hands to `caddy run` (a stand-in caddy prints it),
+    after the caddy-env service's command ran with its environment (here, with this checkout's code)."""
+    derive = config["services"]["caddy-env"]
+    shared = "/var/cache/s3cache/"
+    output = derive["command"][derive["command"].index("--output") + 1]
+    assert output.startswith(shared)
+    env_out = tmp_path / output.removeprefix(shared)
+    args = [a if a != output else str(env_out) for a in derive["command"][1:]]
+    subprocess.run([sys.executable, "-m", "commands.main", *args], check=True, cwd=tmp_path,
+                   env={**{k: str(v) for k, v in derive["environment"].items()},
+                        "PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)})
     fake = tmp_path / "bin" / "caddy"
     fake.parent.mkdir(exist_ok=True)
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     front = config["services"]["front"]
-    script = front["command"][0].replace("$$", "$")  # compose prints $ escaped
+    script = front["command"][0].replace("$$", "$").replace(shared, f"{tmp_path}/")  # compose prints $ escaped
     env = {k: str(v) for k, v in front["environment"].items()}
     env["PATH"] = f"{fake.parent}:{os.environ['PATH']}"
     out = subprocess.run([*front["entrypoint"], script], env=env, capture_output=True, text=True, check=True)
