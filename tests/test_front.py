@@ -25,6 +25,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from s3cache import wire
 from s3cache.addressing import Addressing, split_host_port
+from tests.caddymap import map_entries, map_value
 from tests.rawhttp import parse_response
 from tests.stack import BIN, FrontStack, Stack, raw_request, wait_until
 from tests.test_host_canonical import hosts
@@ -432,26 +433,14 @@ def front_bucket_rule(bucket_dir: str):
         edits.append((re.compile(find.strip('"')), replace.strip('"')))
     assert re.search(r"^\t+request_header X-S3cache-Shard-Host \{http\.request\.host\}$", text, re.M)
     assert len(edits) == 27, "the host folding changed shape"
-    block = re.search(r"map \{http\.request\.header\.X-S3cache-Shard-Host\} \{shard_bucket\} \{\n(.*?)\n\t\}", text, re.S)
-    assert block, "the shard bucket map changed shape"
-    entries = []
-    for line in block.group(1).splitlines():
-        line = line.strip().replace("{$S3CACHE_DOMAIN_RE:s3cache-no-domain\\.invalid}", re.escape(DOMAIN))
-        line = line.replace("{$S3CACHE_BUCKET_DIR}", bucket_dir)
-        if line.startswith("default "):
-            entries.append((re.compile(""), line.split(" ", 1)[1].strip('"')))
-            continue
-        m = re.fullmatch(r'~(\S+) "([^"]*)"', line)
-        assert m, f"unexpected map line: {line}"
-        entries.append((re.compile(m.group(1)), m.group(2)))
+    entries = map_entries(text, "{http.request.header.X-S3cache-Shard-Host}", "{shard_bucket}",
+                          {"{$S3CACHE_DOMAIN_RE:s3cache-no-domain\\.invalid}": re.escape(DOMAIN),
+                           "{$S3CACHE_BUCKET_DIR}": bucket_dir})
 
     def shard_bucket(caddy_host: str) -> str:
         for pattern, replace in edits:
             caddy_host = pattern.sub(replace, caddy_host)
-        for pattern, value in entries:
-            if m := pattern.search(caddy_host):
-                return value.replace("${1}", m.group(1)) if pattern.groups else value
-        raise AssertionError("unreachable: the default matches")
+        return map_value(entries, caddy_host)
     return shard_bucket
 
 

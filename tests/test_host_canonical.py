@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from s3cache.addressing import Addressing, canonical_host, split_host_port
+from tests.caddymap import Entries, map_entries, map_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "s3cache.test"
@@ -53,33 +54,11 @@ def test_the_port_is_split_off_as_go_does_it(hostport, host):
 
 
 @functools.lru_cache(maxsize=None)
-def caddy_map(bucket_dir: str) -> list[tuple[re.Pattern, str]]:
+def caddy_map(bucket_dir: str) -> Entries:
     """The Caddyfile's `map {http.request.host} {bucket_dir}` entries, with the environment filled in."""
-    text = (ROOT / "Caddyfile").read_text()
-    block = re.search(r"map \{http\.request\.host\} \{bucket_dir\} \{\n(.*?)\n\t\}", text, re.S)
-    assert block, "the bucket map changed shape"
-    entries = []
-    for line in block.group(1).splitlines():
-        line = line.strip()
-        line = line.replace("{$S3CACHE_DOMAIN_RE:s3cache-no-domain\\.invalid}", re.escape(DOMAIN))
-        line = line.replace("{$S3CACHE_BUCKET_DIR}", bucket_dir)
-        if line.startswith("default "):
-            entries.append((re.compile(""), line.split(" ", 1)[1].strip('"')))
-            continue
-        match = re.fullmatch(r'~(\S+) "([^"]*)"', line)
-        assert match, f"unexpected map line: {line}"
-        entries.append((re.compile(match.group(1)), match.group(2)))
-    assert entries[-1][0].pattern == "", "the map has no default"
-    return tuple(entries)
-
-
-def map_host(entries, host: str) -> str:
-    """Caddy's map: the first matching entry, ${1} replaced by the first group."""
-    for pattern, value in entries:
-        m = pattern.search(host)
-        if m:
-            return value.replace("${1}", m.group(1) or "") if m.re.groups else value
-    raise AssertionError("unreachable: the default matches")
+    return map_entries((ROOT / "Caddyfile").read_text(), "{http.request.host}", "{bucket_dir}",
+                       {"{$S3CACHE_DOMAIN_RE:s3cache-no-domain\\.invalid}": re.escape(DOMAIN),
+                        "{$S3CACHE_BUCKET_DIR}": bucket_dir})
 
 
 # Bytes Go accepts in a Host header (httpguts.ValidHostHeader), and a few it does not.
@@ -108,7 +87,7 @@ def hosts(draw) -> str:
 def test_caddy_serves_from_disk_only_the_bucket_python_names(bucket, host):
     addressing = Addressing("https://s3.amazonaws.com", domain=DOMAIN, bucket=bucket)
     default = f"/{bucket}" if bucket else ""
-    caddy = map_host(caddy_map(default), split_host_port(host.strip(" \t")))
+    caddy = map_value(caddy_map(default), split_host_port(host.strip(" \t")))
     python = addressing.bucket_for_host(host)
     if caddy == MARKER:
         return  # never served from disk: the sidecar answers it under Python's bucket
