@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from s3cache.config import Config, read_env_file
+from s3cache.layout import Layout
 
 DEFAULT_ENV_FILE = ".env"
 ENV_FILE_HELP = "KEY=VALUE file (default: ./.env if it exists; '' for none); the environment wins over it"
@@ -37,3 +39,12 @@ def load_environment(env_file: str | None, base: dict[str, str] | None = None) -
 
 def load_config(args: argparse.Namespace) -> Config:
     return Config.from_env(load_environment(env_file_path(args.env_file)))
+
+
+def existing_cache(args: argparse.Namespace, command: str) -> Layout | None:
+    """The configured cache directory's layout; None (after one line on stderr) when there is no cache there."""
+    layout = Layout(load_config(args).dir)
+    if not layout.objects_dir.is_dir():
+        print(f"s3cache {command}: no cache at {layout.root}", file=sys.stderr)
+        return None
+    return layout

@@ -14,8 +14,7 @@ import sys
 import time
 
 from s3cache import entries
-from commands.common import ENV_FILE_HELP, load_config
-from s3cache.layout import Layout
+from commands.common import ENV_FILE_HELP, existing_cache
 
 NAME = "ls"
 
@@ -40,9 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print("s3cache ls: --limit must be at least 1", file=sys.stderr)
         return 2
-    layout = Layout(load_config(args).dir)
-    if not layout.objects_dir.is_dir():
-        print(f"s3cache ls: no cache at {layout.root}", file=sys.stderr)
+    layout = existing_cache(args, "ls")
+    if layout is None:
         return 1
     out = sys.stdout
     n = 0

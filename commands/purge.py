@@ -15,7 +15,7 @@ import json
 import sys
 
 from s3cache import entries
-from commands.common import ENV_FILE_HELP, load_config
+from commands.common import ENV_FILE_HELP, existing_cache
 from s3cache.layout import Layout
 
 NAME = "purge"
@@ -66,9 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.wait < 0:
         print("s3cache purge: --wait must not be negative", file=sys.stderr)
         return 2
-    layout = Layout(load_config(args).dir)
-    if not layout.objects_dir.is_dir():
-        print(f"s3cache purge: no cache at {layout.root}", file=sys.stderr)
+    layout = existing_cache(args, "purge")
+    if layout is None:
         return 1
     done = []
     for removal in _removals(layout, args):
