@@ -20,6 +20,7 @@ renames it into ``objects/`` itself, as its protocol says.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Callable
@@ -46,3 +47,13 @@ def write(path: PathLike, text: str, *, temp: PathLike | None = None, install: I
         except OSError:
             pass
         raise
+
+
+def read_json(path: PathLike) -> dict | None:
+    """A JSON object written by ``write``: None when it is missing, unreadable, or not an object."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -60,7 +60,7 @@ def kept(name: str) -> bool:
 
 def read(layout: Layout, ref: ObjectRef) -> dict | None:
     """The whole record, or None when there is none (or it is not a record)."""
-    return _read_json(layout.meta_path(ref))
+    return atomic.read_json(layout.meta_path(ref))
 
 
 def load_headers(layout: Layout, ref: ObjectRef) -> dict[str, str]:
@@ -143,13 +143,13 @@ def add_headers(layout: Layout, ref: ObjectRef, told: Mapping[str, str], etag: s
         return {**stored, **told}
 
     path = layout.meta_path(ref)
-    if news(_read_json(path)) is None:
+    if news(atomic.read_json(path)) is None:
         return
     lock = _take_fill_lock(str(layout.temp_path(ref)))
     if lock is None:
         return  # a fill of this object is running: what it writes is newer than what we know
     try:
-        meta = _read_json(path)  # again, under the lock
+        meta = atomic.read_json(path)  # again, under the lock
         headers = news(meta)
         if meta is None or headers is None:
             return
@@ -164,15 +164,6 @@ def add_headers(layout: Layout, ref: ObjectRef, told: Mapping[str, str], etag: s
 def _write(path: os.PathLike | str, meta: dict, temp: os.PathLike | str,
            install: atomic.Install = os.replace) -> None:
     atomic.write(path, json.dumps(meta, ensure_ascii=False), temp=temp, install=install)
-
-
-def _read_json(path: os.PathLike | str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _take_fill_lock(path: str) -> int | None:

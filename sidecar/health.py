@@ -19,20 +19,11 @@ import time
 
 from flask import Response
 
+from s3cache import atomic
 from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.usage import statvfs_usage
 from sidecar.fill import Filler
-
-
-
-def _read_json(path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
 
 _probe_lock = threading.Lock()
 
@@ -74,11 +65,11 @@ def health_report(config: Config, layout: Layout, filler: Filler) -> tuple[bool,
         reasons.append(f"{what}: a fill failed ({failure.detail})"
                        + (f"; it needs {failure.needed} bytes" if failure.needed else ""))
     parts: dict = {"sidecar": {"status": "ok", "fills_in_progress": filler.in_progress}}
-    supervised = _read_json(layout.parts_file) or {}
+    supervised = atomic.read_json(layout.parts_file) or {}
     for name, info in supervised.get("parts", {}).items():
         if name != "sidecar":
             parts[name] = info
-    evictor = _read_json(layout.evictor_status_file)
+    evictor = atomic.read_json(layout.evictor_status_file)
     if evictor is not None:
         age = time.time() - evictor.get("finished_at", 0)
         stale = age > 3 * config.evict_interval + 60
