@@ -82,6 +82,8 @@ class Part:
     # The setting naming the address the part listens on, and that address: for a one-line port error.
     port_setting: str | None = None
     address: str | None = None
+    # File descriptors the part inherits under the same numbers (Caddy's front door: commands.front_door).
+    pass_fds: tuple[int, ...] = ()
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -129,7 +131,7 @@ class Supervisor:
         part.recent.clear()
         part.proc = subprocess.Popen(
             part.argv, env=part.env, cwd=part.cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=part.pass_fds,
             preexec_fn=_die_with_parent(os.getpid()))
         part.started_at = time.monotonic()
         part.restart_at = None
@@ -307,7 +309,7 @@ class Supervisor:
     def _adopt(part: Part, new: Part) -> None:
         part.argv, part.env, part.cwd = new.argv, new.env, new.cwd
         part.ready, part.reload_argv = new.ready, new.reload_argv
-        part.port_setting, part.address = new.port_setting, new.address
+        part.port_setting, part.address, part.pass_fds = new.port_setting, new.address, new.pass_fds
 
     # -- status for /_s3cache/health ----------------------------------------------------
 

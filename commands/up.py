@@ -9,7 +9,6 @@ runs the front tier instead: Caddy alone, sharding object paths across
 from __future__ import annotations
 
 import argparse
-import errno
 import fcntl
 import os
 import shutil
@@ -19,6 +18,7 @@ import sys
 from pathlib import Path
 
 from commands.common import ENV_FILE_HELP, StartError, env_file_path, load_environment
+from commands.front_door import answers_http, caddy_bind, check_port_free, open_front_door
 from commands.supervisor import Part, Supervisor
 from s3cache.config import Config, ConfigError, HostPort, caddy_environment
 from s3cache.layout import Layout
@@ -74,27 +74,6 @@ def listening(address: HostPort) -> bool:
         return False
 
 
-def check_port_free(setting: str, address: HostPort) -> None:
-    """Fail with one line if nothing of ours could listen on ``address``.
-
-    SO_REUSEADDR (as Caddy and waitress set it) so a recently closed connection does not count; never
-    SO_REUSEPORT, which would let us bind beside a live listener, as Caddy did beside an orphan.
-    """
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((address.host, address.port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise StartError(f"{setting}: {address} is already in use by another program") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise StartError(f"{setting}: {address.host} is not an address of this machine") from None
-            if exc.errno == errno.EACCES:
-                raise StartError(f"{setting}: no permission to listen on {address}") from None
-            raise StartError(f"{setting}: cannot listen on {address}: {exc.strerror}") from None
-
-
 def lock_file(layout: Layout, front: bool = False) -> Path:
     return layout.run_dir / ("front.lock" if front else "up.lock")
 
@@ -142,21 +121,31 @@ def running_supervisor(layout: Layout) -> int:
         raise StartError(f"no s3cache up is running for {layout.root}")
 
 
-def build_parts(config: Config, env: dict[str, str], caddyfile: Path) -> list[Part]:
-    """The parts in start order: the sidecar takes connections before Caddy forwards any to it."""
+def build_parts(config: Config, env: dict[str, str], caddyfile: Path,
+                front_door: socket.socket | None = None) -> list[Part]:
+    """The parts in start order: the sidecar takes connections before Caddy forwards any to it.
+
+    ``front_door``: the listening socket Caddy serves from (commands.front_door); None: Caddy binds its own.
+    """
     layout = Layout(config.dir)
     layout.ensure()
     # Children must see the same configuration we validated, with S3CACHE_DIR absolute.
     child_env = dict(env, S3CACHE_DIR=config.dir, PYTHONUNBUFFERED="1")
     caddy_env = caddy_process_environment(config, layout, child_env)
     caddy_env["CADDY_ADMIN"] = CADDY_ADMIN_SOCKET
+    pass_fds: tuple[int, ...] = ()
+    caddy_ready = lambda: listening(config.listen)  # noqa: E731
+    if front_door is not None:
+        caddy_env["S3CACHE_CADDY_BIND"] = caddy_bind(front_door)
+        pass_fds = (front_door.fileno(),)
+        caddy_ready = lambda: answers_http(config.listen)  # noqa: E731
     caddy = caddy_binary()
     return [
         Part("sidecar", [sys.executable, "-m", "sidecar"], child_env,
              ready=lambda: listening(config.sidecar_listen),
              port_setting="S3CACHE_SIDECAR_LISTEN", address=str(config.sidecar_listen)),
         Part("caddy", [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], caddy_env,
-             cwd=caddy_env["HOME"], ready=lambda: listening(config.listen),
+             cwd=caddy_env["HOME"], ready=caddy_ready, pass_fds=pass_fds,
              # S3CACHE_TLS=files: --force loads an unchanged configuration again too, so renewed
              # certificate files are read (Caddy does not watch them).
              reload_argv=[caddy, "reload", "--config", str(caddyfile), "--adapter", "caddyfile",
@@ -226,7 +215,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     layout = Layout(config.dir)
     lock = lock_cache_dir(layout, front=args.front)  # noqa: F841 -- held until we exit
-    check_port_free("S3CACHE_LISTEN", config.listen)
+    # The supervisor binds the front door and Caddy serves from it: reloads drop nothing queued.
+    front_door = None if args.front else open_front_door(config.listen)
+    if front_door is None:
+        check_port_free("S3CACHE_LISTEN", config.listen)
     check_tls(config)
     if not args.front:
         check_port_free("S3CACHE_SIDECAR_LISTEN", config.sidecar_listen)
@@ -236,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"s3cache: front {site(config)} -> nodes {nodes} (writes to {config.upstream})", flush=True)
         reload_parts = None
     else:
-        parts = build_parts(config, env, caddyfile)
+        parts = build_parts(config, env, caddyfile, front_door)
         print("\n".join(banner(config, env_file)), flush=True)
         env_path = os.path.abspath(env_file) if env_file else None
         current = config
@@ -249,11 +241,12 @@ def run(args: argparse.Namespace) -> int:
             if new.dir != current.dir:
                 raise ConfigError("S3CACHE_DIR: cannot change on reload (stop and start s3cache up)")
             if new.listen != current.listen:
-                check_port_free("S3CACHE_LISTEN", new.listen)
+                # The front door is Caddy's by file descriptor, bound once at start.
+                raise ConfigError("S3CACHE_LISTEN: cannot change on reload (stop and start s3cache up)")
             check_tls_files(new)
             if new.sidecar_listen != current.sidecar_listen:
                 check_port_free("S3CACHE_SIDECAR_LISTEN", new.sidecar_listen)
-            fresh = build_parts(new, new_env, caddyfile)
+            fresh = build_parts(new, new_env, caddyfile, front_door)
             current = new
             return fresh
 

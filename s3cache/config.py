@@ -312,7 +312,8 @@ class Config:
     listen: HostPort = setting(
         "127.0.0.1:8080", _host_port,
         "Address Caddy (the front door) listens on.",
-        caddy=lambda v: {"S3CACHE_CADDY_BIND": v.host, "S3CACHE_CADDY_PORT": str(v.port)})
+        caddy=lambda v: {"S3CACHE_CADDY_BIND": v.host, "S3CACHE_CADDY_HTTP_BIND": v.host,
+                         "S3CACHE_CADDY_PORT": str(v.port)})
     sidecar_listen: HostPort = setting(
         "127.0.0.1:8081", _host_port,
         "Address of the sidecar (misses, health); keep it private.",

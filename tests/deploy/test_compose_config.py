@@ -156,7 +156,7 @@ def test_caddy_gets_what_s3cache_up_derives(config, test_values, tmp_path, domai
     assert access_log == Path(CACHE_MOUNT) / "logs/access.log"
     assert f"logs:{access_log.parent}:rw" in config["services"]["caddy"]["volumes"]
     assert f"logs:{CACHE_MOUNT}/logs:rw" in config["services"]["evictor"]["volumes"]  # where the evictor reads it
-    assert got.pop("S3CACHE_CADDY_BIND") == "0.0.0.0"
+    assert got.pop("S3CACHE_CADDY_BIND") == got.pop("S3CACHE_CADDY_HTTP_BIND") == "0.0.0.0"
     assert got.pop("S3CACHE_SIDECAR") == "sidecar:" + FIXED["S3CACHE_SIDECAR_LISTEN"].rpartition(":")[2]
     port = got.pop("S3CACHE_CADDY_PORT")
     assert f":{port}/tcp" in config["services"]["caddy"]["ports"][0]
@@ -165,7 +165,7 @@ def test_caddy_gets_what_s3cache_up_derives(config, test_values, tmp_path, domai
     for name in ("S3CACHE_CADDY_SITE", "S3CACHE_CADDY_HTTPS_PORT", "S3CACHE_CADDY_HTTPS_SUFFIX"):
         assert got.pop(name) == inside[name], name
         expected.pop(name)
-    for name in ("S3CACHE_OBJECTS_DIR", "S3CACHE_ACCESS_LOG", "S3CACHE_CADDY_BIND", "S3CACHE_SIDECAR",
+    for name in ("S3CACHE_OBJECTS_DIR", "S3CACHE_ACCESS_LOG", "S3CACHE_CADDY_BIND", "S3CACHE_CADDY_HTTP_BIND", "S3CACHE_SIDECAR",
                  "S3CACHE_CADDY_PORT"):
         expected.pop(name)
     assert {k: got[k] for k in expected} == expected

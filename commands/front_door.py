@@ -1,0 +1,94 @@
+"""The front door's listening socket: bound once by ``s3cache up`` and handed to Caddy as a file descriptor.
+
+Why the supervisor holds it: Caddy's graceful reload starts the new configuration's server before it stops the
+old one. Bound by Caddy itself, each server has its own SO_REUSEPORT socket, and the connections the kernel
+had queued on the retiring one are reset when it closes. Handed down (Caddy's ``fd/N`` network), every server
+of every configuration accepts from this one queue, which outlives them all, so a reload leaves nothing queued
+behind. TCP_DEFER_ACCEPT keeps a connection in the kernel until its request has arrived: no server ever holds
+an accepted connection that has not yet sent anything, which a retiring server would close unanswered.
+
+With TLS on, Caddy binds its two listeners itself (the HTTPS port and the port that redirects to it).
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import socket
+
+from commands.common import StartError
+from s3cache.config import HostPort
+
+BACKLOG = 4096
+# Seconds the kernel keeps a connection that has sent nothing before handing it over anyway.
+DEFER_ACCEPT_SECONDS = 10
+
+
+def _family(address: HostPort) -> int:
+    return socket.AF_INET6 if ":" in address.host else socket.AF_INET
+
+
+def _cannot_listen(setting: str, address: HostPort, exc: OSError) -> StartError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartError(f"{setting}: {address} is already in use by another program")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartError(f"{setting}: {address.host} is not an address of this machine")
+    if exc.errno == errno.EACCES:
+        return StartError(f"{setting}: no permission to listen on {address}")
+    return StartError(f"{setting}: cannot listen on {address}: {exc.strerror}")
+
+
+def _bound(setting: str, address: HostPort) -> socket.socket:
+    """A socket bound to ``address``, or one line naming ``setting``.
+
+    SO_REUSEADDR (as Caddy and waitress set it) so a recently closed connection does not count; never
+    SO_REUSEPORT, which would let us bind beside a live listener, as Caddy once did beside an orphan.
+    """
+    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(setting, address, exc) from None
+    return sock
+
+
+def check_port_free(setting: str, address: HostPort) -> None:
+    """Fail with one line if nothing of ours could listen on ``address`` (for listeners a part binds itself)."""
+    _bound(setting, address).close()
+
+
+def open_front_door(address: HostPort) -> socket.socket:
+    """The listening socket Caddy will serve from (see the module docstring); kept open by the caller."""
+    sock = _bound("S3CACHE_LISTEN", address)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen("S3CACHE_LISTEN", address, exc) from None
+    return sock
+
+
+def caddy_bind(sock: socket.socket) -> str:
+    """What Caddy's ``default_bind`` names the handed-down socket by (the same number in the child: pass_fds)."""
+    return f"fd/{sock.fileno()}"
+
+
+def answers_http(address: HostPort) -> bool:
+    """True once something answers HTTP on ``address``.
+
+    A connect alone proves nothing here: the kernel completes handshakes on the held socket before Caddy
+    accepts any. Any status line will do; our own health endpoint is the request.
+    """
+    host = "127.0.0.1" if address.host in ("0.0.0.0", "") else ("::1" if address.host == "::" else address.host)
+    conn = http.client.HTTPConnection(host, address.port, timeout=0.5)
+    try:
+        conn.request("GET", "/_s3cache/health", headers={"Connection": "close"})
+        conn.getresponse().read()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
