@@ -90,8 +90,7 @@ class Addressing:
         try:
             found = self.hosts.classify(raw_segment, decoded)
         except Refused as exc:
-            code, status = ("InvalidURI", 400) if "escape" in exc.message else ("AccessDenied", 403)
-            raise BadRequest(status, code, exc.message) from None
+            raise BadRequest(exc.status, exc.code, exc.message) from None
         if found is None:
             return None
         target = slash + rest if slash else "/"

@@ -128,11 +128,11 @@ class HostInPath:
 
 
 class Refused(Exception):
-    """A first segment that looks like a host but is not on the allow-list (or is escaped)."""
+    """A first segment that looks like a host but is not on the allow-list (or is escaped): S3's code for it."""
 
-    def __init__(self, message: str):
+    def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
-        self.message = message
+        self.status, self.code, self.message = status, code, message
 
 
 def canonical_segment(segment: str) -> str | None:
@@ -174,10 +174,10 @@ class UpstreamHosts:
         found = self.match(decoded)
         if found is not None:
             if raw_segment != decoded:
-                raise Refused("Write the upstream host in the path without percent-escapes.")
+                raise Refused(400, "InvalidURI", "Write the upstream host in the path without percent-escapes.")
             return HostInPath(found[0], raw_segment, found[1])
         if looks_like_host(decoded):
-            raise Refused("This upstream host is not allowed here (S3CACHE_UPSTREAM_HOSTS).")
+            raise Refused(403, "AccessDenied", "This upstream host is not allowed here (S3CACHE_UPSTREAM_HOSTS).")
         return None
 
     # -- Caddy ---------------------------------------------------------------------------------

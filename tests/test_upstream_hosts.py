@@ -233,3 +233,12 @@ def test_access_log_readers_name_the_object(tmp_path):
         traffic.feed(f'{{"ts": 1, "request": {{"method": "GET", "host": "{host}", "uri": "{raw}?x=1", "headers": {{}}}}, '
                      f'"status": 200, "size": 5, "resp_headers": {{"X-Cache": ["HIT"]}}}}'.encode())
     assert traffic.top_objects() == [{"object": "my-bucket/dir/file.bin", "bytes": 10, "hits": 2}]
+
+
+def test_warm_takes_the_url_as_the_client_holds_it():
+    """`s3cache warm` reads each URL through the same rule: any allowed form, fetched as written."""
+    url = "https://my-bucket.s3.us-west-2.amazonaws.com/dir/file.bin?X-Amz-Signature=ab"
+    resolved = AWS.resolve_url(url)
+    assert (resolved.parsed.ref, resolved.upstream_url) == (ObjectRef("my-bucket", "dir/file.bin"), url)
+    resolved = AWS.resolve_url("https://s3.amazonaws.com/my-bucket/k")
+    assert (resolved.parsed.ref, resolved.upstream_url) == (ObjectRef("my-bucket", "k"), "https://s3.amazonaws.com/my-bucket/k")
