@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 # The bucket of a virtual-hosted name, as the Caddyfile's Host map reads one: lower case, no "..".
 BUCKET_RE = r"[a-z0-9](?:[a-z0-9-]|\.[a-z0-9-]){1,61}[a-z0-9]"
@@ -70,20 +70,22 @@ class HostPattern:
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port else "")
 
-    def _name_re(self, bucket_group: str) -> str:
+    def _name_re(self, bucket_group: str, spell=lambda text: text) -> str:
+        """``spell``: how a literal is written in the text matched (the front tier's is query-escaped)."""
         labels = self.host.split(".")
         out = []
         if self.has_bucket:
             out.append(bucket_group + r"\.")
             labels = labels[1:]
-        out.append(r"\.".join(_LABEL_WILDCARD.join(re.escape(part) for part in label.split("*")) for label in labels))
+        out.append(r"\.".join(_LABEL_WILDCARD.join(re.escape(spell(part)) for part in label.split("*"))
+                               for label in labels))
         return "".join(out)
 
-    def _port_re(self) -> str:
+    def _port_re(self, colon: str = ":") -> str:
         if self.port:
-            return f":{self.port}"
+            return f"{colon}{self.port}"
         # A segment with neither a dot nor a port is a bucket: a dotless name is a host only with its port.
-        return "(?::[0-9]{1,5})?" if "." in self.host or self.host.startswith("[") else ":[0-9]{1,5}"
+        return f"(?:{colon}[0-9]{{1,5}})?" if "." in self.host or self.host.startswith("[") else f"{colon}[0-9]{{1,5}}"
 
     def segment_re(self) -> str:
         """The canonical segment, bucket in group 1 (Python)."""
@@ -94,6 +96,12 @@ class HostPattern:
         if self.has_bucket:
             return self._name_re(f"(/{BUCKET_RE})") + self._port_re()
         return "/" + self._name_re("") + self._port_re()
+
+    def shard_re(self) -> str:
+        """``caddy_re`` in ``{http.request.uri.path_escaped}``'s spelling (url.QueryEscape: "/" is %2F,
+        ":" %3A, "[" "]" %5B %5D), for the front tier's shard key."""
+        name = self._name_re(f"(%2F{BUCKET_RE})", lambda text: quote(text, safe=""))
+        return (name if self.has_bucket else "%2F" + name) + self._port_re("%3A")
 
     def loose_re(self) -> str:
         """The name in any case (Caddy adds (?i) and trailing dots): spellings that must go to the sidecar."""
@@ -188,8 +196,12 @@ class UpstreamHosts:
     def caddy_loose_re(self) -> str:
         return "|".join(p.loose_re() for p in self.patterns)
 
+    def caddy_shard_re(self) -> str:
+        return "|".join(p.shard_re() for p in self.patterns)
+
     def caddy_environment(self) -> dict[str, str]:
-        return {"S3CACHE_CADDY_HOSTS_RE": self.caddy_re(), "S3CACHE_CADDY_HOSTS_LOOSE_RE": self.caddy_loose_re()}
+        return {"S3CACHE_CADDY_HOSTS_RE": self.caddy_re(), "S3CACHE_CADDY_HOSTS_LOOSE_RE": self.caddy_loose_re(),
+                "S3CACHE_CADDY_HOSTS_SHARD_RE": self.caddy_shard_re()}
 
 
 def parse_hosts(value: str) -> UpstreamHosts | None:
