@@ -104,8 +104,10 @@ class HostPattern:
         return (name if self.has_bucket else "%2F" + name) + self._port_re("%3A")
 
     def loose_re(self) -> str:
-        """The name in any case (Caddy adds (?i) and trailing dots): spellings that must go to the sidecar."""
-        return self._name_re(BUCKET_RE)
+        """The name in any case (Caddy adds (?i) and trailing dots): spellings that must go to the sidecar.
+        A dotless name is a host only with a port, which Caddy's catch-all for ":" already sends there."""
+        dotless = "." not in self.host and not self.host.startswith("[")
+        return self._name_re(BUCKET_RE) + (":" if dotless else "")
 
 
 def parse_pattern(text: str) -> HostPattern:

@@ -163,9 +163,9 @@ def test_any_aws_form_and_spelling_names_the_same_object(data, url, query):
     assert resolved.upstream_url == f"https://{spelled}/{path}{query}"
 
 
-def caddy_map():
+def caddy_map(hosts=default_hosts("https://s3.amazonaws.com")):
     text = (ROOT / "Caddyfile").read_text()
-    hosts = default_hosts("https://s3.amazonaws.com").caddy_environment()
+    hosts = hosts.caddy_environment()
     env = {"{$S3CACHE_CADDY_HOSTS_RE:/s3cache-no-hosts\\.invalid}": hosts["S3CACHE_CADDY_HOSTS_RE"],
            "{$S3CACHE_CADDY_HOSTS_LOOSE_RE:s3cache-no-hosts\\.invalid}": hosts["S3CACHE_CADDY_HOSTS_LOOSE_RE"]}
     return map_entries(text, '"{bucket_dir}|{path}"', "{hip_file}", env)
@@ -206,6 +206,15 @@ def test_the_map_is_off_when_the_host_names_a_bucket():
     assert map_value(CADDY_MAP, "/vb|/s3.amazonaws.com/b/k") == ""
     assert map_value(CADDY_MAP, "|/s3.amazonaws.com/bk-1/k") == "/bk-1/k"
     assert map_value(CADDY_MAP, "|/bk-1.s3.us-west-2.amazonaws.com/k/x") == "/bk-1/k/x"
+
+
+def test_a_dotless_entry_leaves_its_name_a_bucket_in_caddy_too():
+    entries = caddy_map(parse_hosts("http://minio,http://127.0.0.1"))
+    assert map_value(entries, "|/minio/k") == ""                    # path-style, served from disk as before
+    assert map_value(entries, "|/minio:9000/bkt/k") == "/bkt/k"
+    assert map_value(entries, "|/MINIO:9000/bkt/k") == "/.host-not-canonical"
+    assert map_value(entries, "|/127.0.0.1./bkt/k") == "/.host-not-canonical"
+    assert map_value(entries, "|/127.0.0.1/bkt/k") == "/bkt/k"
 
 
 def test_caddy_env_carries_the_regexps():
