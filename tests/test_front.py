@@ -507,3 +507,10 @@ def test_host_in_path_urls_share_the_node_of_their_path_style_twin(origin, make_
             r = front.get(front.url + target)
             assert (r.status_code, r.headers.get("X-Cache"), r.content) == (200, "HIT", key.encode()), (target, r.status_code)
         assert len(holders(front.nodes, key)) == 1
+    # A write in this form goes to the host in its path, not path-style to S3CACHE_UPSTREAM; a host off the
+    # list is refused.
+    target = f"/127.0.0.1:{port}/{BUCKET}/up%20load?X-Amz-Signature=a%2Fb"
+    r = raw_request("PUT", front.url + target)
+    assert (r.status_code, r.headers.get("Location")) == (307, "http:/" + target)
+    r = raw_request("PUT", front.url + f"/evil.example.com:{port}/{BUCKET}/k")
+    assert (r.status_code, r.headers.get("Location")) == (403, None) and b"<Code>AccessDenied</Code>" in r.content
