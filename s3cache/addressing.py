@@ -7,7 +7,10 @@ Three addressing styles reach the same cache entry ``objects/<bucket>/<key>``:
   upstream ``<scheme>://bucket.<upstream host>/key``;
 - a host that fronts one bucket, ``S3CACHE_BUCKET``: ``/key`` on any host,
   upstream ``<scheme>://<S3CACHE_BUCKET>.<upstream host>/key`` — the
-  ``http://[bucket].s3.amazonaws.com/`` part of a URL replaced by the proxy's name.
+  ``http://[bucket].s3.amazonaws.com/`` part of a URL replaced by the proxy's name;
+- host-in-path ``/<original host>/<path>`` on a host that names no bucket, for the hosts
+  S3CACHE_UPSTREAM_HOSTS allows (``s3cache.upstream_hosts`` says which first segment is a
+  host): upstream ``<scheme>://<original host>/<path>``, the bucket from that host or the path.
 
 The redirect and the fetch go to the URL form the client's signature was made
 for: SigV4 signs the Host, so a virtual-hosted URL must stay virtual-hosted.
@@ -29,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from s3cache.request_path import BadRequest, ParsedURI, parse_uri
+from s3cache.request_path import BadRequest, ParsedURI, decode_component, parse_uri
+from s3cache.upstream_hosts import Refused, UpstreamHosts
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Addressing:
     upstream: str               # scheme://host[:port], normalised by config
     domain: str | None = None   # S3CACHE_DOMAIN, lower case
     bucket: str | None = None   # S3CACHE_BUCKET
+    hosts: UpstreamHosts | None = None  # S3CACHE_UPSTREAM_HOSTS; None: no host-in-path URLs
 
     def bucket_for_host(self, host: str) -> str | None:
         """The bucket a Host header names, or None for path-style.
@@ -60,12 +65,37 @@ class Addressing:
     def resolve(self, host: str, raw_uri: str) -> Resolved:
         """Raises BadRequest for what S3 would refuse (including a Host naming an invalid bucket)."""
         bucket = self.bucket_for_host(host)
+        if bucket is None and self.hosts is not None:
+            resolved = self.host_in_path(raw_uri)
+            if resolved is not None:
+                return resolved
         parsed = parse_uri(raw_uri, bucket=bucket)
         scheme, _, upstream_host = self.upstream.partition("://")
         if bucket is None:
             return Resolved(parsed, False, self.upstream + raw_uri, upstream_host)
         vhost = f"{parsed.bucket}.{upstream_host}"
         return Resolved(parsed, True, f"{scheme}://{vhost}{raw_uri}", vhost)
+
+    def host_in_path(self, raw_uri: str) -> Resolved | None:
+        """``/<original host>/<path>?<query>``: the URL the client was given, byte for byte, is
+        ``<scheme>://<original host>/<path>?<query>``.  None when the first segment is a bucket."""
+        raw_path, sep, raw_query = raw_uri.partition("?")
+        if not raw_path.startswith("/"):
+            return None  # parse_uri refuses it
+        raw_segment, slash, rest = raw_path[1:].partition("/")
+        try:
+            decoded = decode_component(raw_segment, "bucket name")
+        except BadRequest:
+            return None  # the path-style reading refuses it the same way
+        try:
+            found = self.hosts.classify(raw_segment, decoded)
+        except Refused as exc:
+            raise BadRequest(exc.status, exc.code, exc.message) from None
+        if found is None:
+            return None
+        target = slash + rest if slash else "/"
+        parsed = parse_uri(target + sep + raw_query, bucket=found.bucket)
+        return Resolved(parsed, found.bucket is not None, found.origin + target + sep + raw_query, found.segment)
 
     def resolve_url(self, url: str) -> Resolved:
         """An S3 URL as a client holds it (for `s3cache warm`): path-style, virtual-hosted under the
@@ -80,6 +110,10 @@ class Addressing:
             return Addressing(self.upstream, domain=upstream_name).resolve(parts.netloc, raw_uri)
         if name == upstream_name:
             return Addressing(self.upstream).resolve(parts.netloc, raw_uri)
+        if self.hosts is not None and self.hosts.match(parts.netloc) is not None:
+            resolved = self.host_in_path("/" + parts.netloc + raw_uri)
+            if resolved is not None:
+                return resolved
         return self.resolve(parts.netloc, raw_uri)
 
 

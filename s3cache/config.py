@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from s3cache.addressing import Addressing
+    from s3cache.upstream_hosts import UpstreamHosts
 from urllib.parse import urlsplit
 
 
@@ -94,6 +95,11 @@ def _nodes(value: str) -> tuple[HostPort, ...]:
             raise ValueError(f"node {n}: {node} is listed twice")
         nodes.append(node)
     return tuple(nodes)
+
+
+def _upstream_hosts(value: str) -> "UpstreamHosts | None":
+    from s3cache.upstream_hosts import parse_hosts
+    return parse_hosts(value)  # None: derived from S3CACHE_UPSTREAM in Config.from_env
 
 
 def _positive_int(value: str) -> int:
@@ -309,6 +315,13 @@ class Config:
         "", _bucket,
         "A proxy host that fronts one bucket: every path is a key in it.",
         caddy=lambda v: {"S3CACHE_BUCKET_DIR": f"/{v}" if v else ""})
+    upstream_hosts: "UpstreamHosts" = setting(
+        "", _upstream_hosts,
+        "Host-in-path URLs (http://proxy/<original host>/<path>?<query>): the upstream hosts allowed as the "
+        "first path segment, comma-separated [http://|https://]HOST[:PORT] (a first label * is a bucket, "
+        "another * stands within one label; no port: any port; no scheme: https). Empty: AWS S3's endpoints "
+        "when S3CACHE_UPSTREAM is AWS, else S3CACHE_UPSTREAM's own host. All must be one store.",
+        caddy=lambda v: v.caddy_environment())
     listen: HostPort = setting(
         "127.0.0.1:8080", _host_port,
         "Address Caddy (the front door) listens on.",
@@ -429,7 +442,7 @@ class Config:
     @property
     def addressing(self) -> "Addressing":
         from s3cache.addressing import Addressing
-        return Addressing(self.upstream, self.domain, self.bucket)
+        return Addressing(self.upstream, self.domain, self.bucket, self.upstream_hosts)
 
     def keys(self) -> dict[str, str]:
         """Every signing key, from the variable and the file together."""
@@ -463,6 +476,9 @@ class Config:
         if values["tls"] != "off" and values["http_port"] == values["listen"].port:
             raise ConfigError("S3CACHE_HTTP_PORT: must differ from S3CACHE_LISTEN's port, which serves HTTPS")
         values["dir"] = os.path.abspath(values["dir"])
+        if values["upstream_hosts"] is None:
+            from s3cache.upstream_hosts import default_hosts
+            values["upstream_hosts"] = default_hosts(values["upstream"])
         return cls(**values)
 
 

@@ -27,6 +27,7 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Iterable
 
 from s3cache import accesslog
@@ -52,6 +53,10 @@ class _PathStyle:
     @staticmethod
     def bucket_for_host(host: str) -> None:
         return None
+
+    @staticmethod
+    def resolve(host: str, raw: str) -> SimpleNamespace:
+        return SimpleNamespace(parsed=parse_uri(raw))
 
 
 def range_length(spec: str | None, size: int) -> int:
@@ -170,8 +175,8 @@ class Traffic:
 
     def _parse(self, host: str, raw: str) -> ParsedURI | None:
         try:
-            bucket = self.addressing.bucket_for_host(host)
-            return parse_uri(raw, bucket=bucket) if bucket is not None else parse_uri(raw)
+            # The one reading of a request (s3cache.addressing): Host, host-in-path or path-style.
+            return self.addressing.resolve(host, raw).parsed
         except (BadRequest, ValueError):
             return None
 

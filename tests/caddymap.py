@@ -27,9 +27,10 @@ def map_entries(text: str, source: str, dest: str, env: dict[str, str]) -> Entri
 
 
 def map_value(entries: Entries, value: str) -> str:
-    """Caddy's map: the first matching entry, ${1} replaced by the first group."""
+    """Caddy's map: the first matching entry, each ${N} replaced by group N (empty when unset or absent)."""
     for pattern, result in entries:
         m = pattern.search(value)
         if m:
-            return result.replace("${1}", m.group(1) or "") if m.re.groups else result
+            return re.sub(r"\$\{(\d+)\}",
+                          lambda g: (m.group(int(g.group(1))) or "") if int(g.group(1)) <= m.re.groups else "", result)
     raise AssertionError("unreachable: the default matches")

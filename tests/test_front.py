@@ -488,3 +488,29 @@ def test_any_spelling_of_a_bucket_host_reaches_the_owner(origin, make_front):
 def access_log(node: Stack) -> str:
     path = node.layout.logs_dir / "access.log"
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_host_in_path_urls_share_the_node_of_their_path_style_twin(origin, make_front):
+    """Every form of an object is sharded as /<bucket>/<key> (the nodes' reading, s3cache/upstream_hosts.py):
+    a host-in-path URL, in either of its forms, hits where the path-style URL filled."""
+    front = make_front(3, S3CACHE_UPSTREAM_HOSTS="http://127.0.0.1,http://*.localhost")
+    port = origin.url.rpartition(":")[2]
+    keys = [f"hip/{i:02d}/object.bin" for i in range(12)]
+    for key in keys:
+        origin.s3().put_object(Bucket=BUCKET, Key=key, Body=key.encode())
+    for key in keys:
+        url = origin.presign(BUCKET, key, version="v4")
+        assert front.get(front.proxied(url)).status_code == 307
+        wait_holder(front.nodes, key)
+    for key in keys:
+        for target in (f"/127.0.0.1:{port}/{BUCKET}/{key}", f"/{BUCKET}.localhost:{port}/{key}"):
+            r = front.get(front.url + target)
+            assert (r.status_code, r.headers.get("X-Cache"), r.content) == (200, "HIT", key.encode()), (target, r.status_code)
+        assert len(holders(front.nodes, key)) == 1
+    # A write in this form goes to the host in its path, not path-style to S3CACHE_UPSTREAM; a host off the
+    # list is refused.
+    target = f"/127.0.0.1:{port}/{BUCKET}/up%20load?X-Amz-Signature=a%2Fb"
+    r = raw_request("PUT", front.url + target)
+    assert (r.status_code, r.headers.get("Location")) == (307, "http:/" + target)
+    r = raw_request("PUT", front.url + f"/evil.example.com:{port}/{BUCKET}/k")
+    assert (r.status_code, r.headers.get("Location")) == (403, None) and b"<Code>AccessDenied</Code>" in r.content

@@ -8,7 +8,6 @@ import os
 import re
 import time
 from html import unescape
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -194,8 +193,8 @@ def test_a_redirect_whose_object_never_arrives_becomes_unknown(layout):
 
 
 def test_virtual_hosted_lines_name_the_bucket_from_the_host(layout):
-    addressing = SimpleNamespace(bucket_for_host=lambda host: "vh-bucket" if host.startswith("vh-bucket.") else None)
-    t = Traffic(layout, addressing)
+    from s3cache.addressing import Addressing
+    t = Traffic(layout, Addressing("https://s3.amazonaws.com", domain="cache.example"))
     t.feed(line("/key/one", "HIT", size=5, host="vh-bucket.cache.example"))
     t.feed(line("/", "MISS", status=307, host="vh-bucket.cache.example"))  # a listing, not our page
     assert t.top_objects()[0]["object"] == "vh-bucket/key/one"
