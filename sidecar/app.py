@@ -17,7 +17,7 @@ from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
 
-from sidecar import internal
+from sidecar import cors, internal
 from sidecar.internal import client_host
 from sidecar.status import Status
 from s3cache.ledger import fill_limit
@@ -70,7 +70,16 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             return None  # the blueprint's, guard included
         if wire.is_internal(path):
             return internal.not_found(path)
+        if cors.is_preflight(request.method, request.headers):
+            return answer_preflight(raw_uri)
         return answer_miss(raw_uri)
+
+    def answer_preflight(raw_uri: str) -> Response:
+        try:
+            url = config.addressing.resolve(client_host(), raw_uri).upstream_url
+        except BadRequest:
+            url = None  # nothing S3 could be asked about: only the rules can answer
+        return cors.preflight(config, upstream, url, request.headers)
 
     def answer_miss(raw_uri: str) -> Response:
         try:
@@ -84,7 +93,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             streamed = None
             if stream_slots.acquire(blocking=False):
                 try:
-                    streamed = filler.stream(plan.fill, plan.location)
+                    streamed = filler.stream(plan.fill, plan.location, cors.client_origin(request.headers))
                 finally:
                     if streamed is None:
                         stream_slots.release()
