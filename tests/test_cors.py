@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack import raw_request
+from tests.stack import FrontStack, raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +156,20 @@ def test_revalidate_and_stream_relay_s3s_own_answer_without_rules(bucket, origin
         assert (other.status_code, other.headers["X-Cache"]) == (200, "HIT")
         assert "Access-Control-Allow-Origin" not in other.headers
         assert "origin" in vary(other)
+
+
+def test_preflight_passes_a_front_to_the_objects_node(bucket, origin, make_stack, tmp_path):
+    nodes = [make_stack(S3CACHE_ACCESS="open", S3CACHE_CORS_ORIGINS=APP) for _ in range(2)]
+    front = FrontStack(tmp_path / "front", origin.url, nodes).start()
+    try:
+        url = front.proxied(put(origin, "through-front.txt"))
+        ok = preflight(url, APP)
+        assert ok.status_code == 200, ok.text
+        assert ok.headers["Access-Control-Allow-Origin"] == APP
+        assert preflight(url, OTHER).status_code == 403
+        miss = raw_request("GET", url, headers={"Origin": APP})
+        assert (miss.status_code, miss.headers["Access-Control-Allow-Origin"]) == (307, APP)
+        # Other OPTIONS requests are still S3's, redirected by the front itself.
+        assert raw_request("OPTIONS", url).status_code == 307
+    finally:
+        front.stop()
