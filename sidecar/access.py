@@ -190,8 +190,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         return _unreachable(hit, ref, config, layout, str(exc))
     keep_open = False
     # S3's CORS verdict for this client, on whatever we answer; it depends on Origin.
-    s3_cors = cors.from_s3(resp.headers)
-    s3_cors["Vary"] = cors.vary_origin(s3_cors)
+    s3_cors = cors.with_vary_origin(cors.from_s3(resp.headers), config)
     try:
         status = resp.status
         if status == 304:

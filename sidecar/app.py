@@ -101,7 +101,9 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
                 log.debug("all %d stream slots busy: redirecting", config.stream_max)
             if streamed is not None:
                 body = _Releasing(streamed.body, stream_slots.release)
-                resp = Response(body, status=streamed.status, headers=streamed.headers)
+                # S3 was asked with the client's Origin (if any): its answer depends on it.
+                headers = cors.with_vary_origin(streamed.headers, config)
+                resp = Response(body, status=streamed.status, headers=headers)
                 resp.headers["X-Cache"] = "MISS"
                 return resp
             # All stream slots busy, another fill holds the object (or it just arrived): redirect as usual.

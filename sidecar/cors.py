@@ -64,13 +64,19 @@ def client_origin(headers: Mapping[str, str]) -> dict[str, str]:
     return {"Origin": origin}
 
 
-def vary_origin(headers: Mapping[str, str]) -> str:
-    """A Vary value that names Origin, keeping what S3 put there."""
-    vary = headers.get("Vary", "")
-    names = [n.strip() for n in vary.split(",") if n.strip()]
-    if not any(n.lower() == "origin" for n in names):
+def with_vary_origin(headers: Mapping[str, str], config: Config) -> dict[str, str]:
+    """``headers`` (S3's CORS verdict) with a Vary that names Origin once: the answer depends on it.
+
+    With S3CACHE_CORS_ORIGINS set, Caddy adds ``Vary: Origin`` to every answer
+    itself (cors_rules), so here it is left out rather than said twice.
+    """
+    out = {k: v for k, v in headers.items() if k != "Vary"}
+    names = [n.strip() for n in headers.get("Vary", "").split(",") if n.strip() and n.strip().lower() != "origin"]
+    if not config.cors_origins:
         names.insert(0, "Origin")
-    return ", ".join(names)
+    if names:
+        out["Vary"] = ", ".join(names)
+    return out
 
 
 def allows(config: Config, origin: str) -> bool:

@@ -330,8 +330,6 @@ class Filler:
             os.ftruncate(fd, 0)
             resp = self._get(url, origin)
             s3_cors = cors.from_s3(resp.headers)
-            if origin:
-                s3_cors["Vary"] = cors.vary_origin(s3_cors)
             if resp.status == 200:
                 headers = _lower_headers(resp)
                 try:

@@ -34,6 +34,11 @@ def test_defaults():
     ("S3CACHE_NODES", "127.0.0.1:8080,,127.0.0.1:8081"),
     ("S3CACHE_NODES", "127.0.0.1:8080,127.0.0.1:8080"),
     ("S3CACHE_NODES", "node one:8080"),
+    ("S3CACHE_CORS_ORIGINS", "https://app.example.com/"),
+    ("S3CACHE_CORS_ORIGINS", "app.example.com"),
+    ("S3CACHE_CORS_ORIGINS", "https://a.example,,https://b.example"),
+    ("S3CACHE_CORS_EXPOSE_HEADERS", "ETag,Bad Header"),
+    ("S3CACHE_CORS_MAX_AGE", "-1"),
 ])
 def test_bad_values_name_the_variable_in_one_line(name, value):
     with pytest.raises(ConfigError) as exc:

@@ -9,8 +9,10 @@ a real browser.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
 
 from tests.stack import FrontStack, raw_request
+from tests.test_cors_units import ALLOWED, origins
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +54,9 @@ def options_at_origin(origin) -> int:
 
 
 def vary(resp) -> set[str]:
-    return {v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()}
+    names = [v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()]
+    assert len(names) == len(set(names)), f"Vary names one twice: {resp.headers['Vary']}"
+    return set(names)
 
 
 def test_preflight_is_relayed_to_s3_without_rules(bucket, origin, make_stack):
@@ -156,6 +160,47 @@ def test_revalidate_and_stream_relay_s3s_own_answer_without_rules(bucket, origin
         assert (other.status_code, other.headers["X-Cache"]) == (200, "HIT")
         assert "Access-Control-Allow-Origin" not in other.headers
         assert "origin" in vary(other)
+
+
+def test_only_a_listed_origin_is_ever_allowed_by_caddy(bucket, origin, make_stack):
+    """Any Origin a client sends (attacker-controlled): Caddy's rule allows exactly the listed ones."""
+    listed = ALLOWED
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_CORS_ORIGINS=",".join(listed))
+    url = stack.proxied(put(origin, "any-origin.txt"))
+    assert raw_request("GET", url).status_code == 307
+    stack.wait_cached(BUCKET, "any-origin.txt")
+
+    @settings(max_examples=60)
+    @given(origins)
+    def check(sent):
+        resp = raw_request("GET", url, headers={"Origin": sent})
+        assert (resp.status_code, resp.headers["X-Cache"]) == (200, "HIT")
+        if sent in listed:
+            assert resp.headers["Access-Control-Allow-Origin"] == sent
+        else:
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        assert "origin" in vary(resp)
+    check()
+
+
+def test_revalidate_keeps_s3s_answer_and_the_rules_fill_in(bucket, origin, make_stack):
+    rules_only = "http://rules-only.example.test"
+    stack = make_stack(S3CACHE_ACCESS="revalidate", S3CACHE_CORS_ORIGINS=f"{APP},{rules_only}")
+    url = stack.proxied(put(origin, "both.txt"))
+    assert raw_request("GET", url).status_code == 307
+    stack.wait_cached(BUCKET, "both.txt")
+
+    s3_says = raw_request("GET", url, headers={"Origin": APP})
+    assert (s3_says.headers["X-Cache"], s3_says.headers["Access-Control-Allow-Origin"]) == ("HIT", APP)
+    assert s3_says.headers["Access-Control-Expose-Headers"] == S3_EXPOSED  # S3's, not the rules'
+    assert "origin" in vary(s3_says)
+    rules_say = raw_request("GET", url, headers={"Origin": rules_only})  # S3 says nothing: the rules fill in
+    assert rules_say.headers["Access-Control-Allow-Origin"] == rules_only
+    assert "x-cache" in rules_say.headers["Access-Control-Expose-Headers"].lower()
+    assert "origin" in vary(rules_say)
+    nobody = raw_request("GET", url, headers={"Origin": OTHER})
+    assert "Access-Control-Allow-Origin" not in nobody.headers
+    assert "origin" in vary(nobody)
 
 
 def test_preflight_passes_a_front_to_the_objects_node(bucket, origin, make_stack, tmp_path):
