@@ -92,15 +92,15 @@ def preflight(config: Config, upstream: Upstream, url: str | None, headers: Mapp
     origin = headers.get("Origin", "")
     method = headers.get("Access-Control-Request-Method", "")
     if config.cors_origins and method in READ_METHODS:
-        return _from_rules(config, origin, method, headers.get("Access-Control-Request-Headers"))
+        return _from_rules(config, origin, headers.get("Access-Control-Request-Headers"))
     if url is None:
-        return _refused(method)
+        return _refused()
     return relay(upstream, url, headers)
 
 
-def _from_rules(config: Config, origin: str, method: str, request_headers: str | None) -> Response:
+def _from_rules(config: Config, origin: str, request_headers: str | None) -> Response:
     if not allows(config, origin):
-        return _refused(method)
+        return _refused()
     resp = Response(status=200)
     del resp.headers["Content-Type"]
     resp.headers["Access-Control-Allow-Origin"] = "*" if config.cors_origins == ("*",) else origin
@@ -115,7 +115,7 @@ def _from_rules(config: Config, origin: str, method: str, request_headers: str |
     return resp
 
 
-def _refused(method: str) -> Response:
+def _refused() -> Response:
     resp = error_response(403, "AccessForbidden", NOT_ALLOWED)
     resp.headers["Vary"] = "Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
     return resp
