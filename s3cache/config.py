@@ -416,8 +416,8 @@ class Config:
         "", _cors_origins,
         "Browser origins (scheme://host[:port], comma-separated, or *) whose fetch() of an object is "
         "answered with Access-Control-* headers by the proxy itself: hits, redirects, streamed misses, and "
-        "GET/HEAD preflights. Empty: only what S3 says (preflights are relayed to S3; in revalidate mode and "
-        "on streamed misses S3's own Access-Control-* headers are relayed).",
+        "GET/HEAD preflights. Empty: only what S3 says (preflights are relayed to S3; revalidated hits and "
+        "streamed misses carry S3's own Access-Control-* headers, redirects S3's verdict for the origin).",
         caddy=_caddy_cors)
     cors_expose_headers: str = setting(
         "ETag,Content-Length,Content-Range,Accept-Ranges,Last-Modified,x-amz-version-id,X-Cache",

@@ -51,6 +51,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     # Streams hold a server thread for as long as S3 and the client take: at most
     # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
     stream_slots = threading.BoundedSemaphore(config.stream_max)
+    learned_cors = cors.Learned(upstream)  # S3's CORS verdicts, for redirects when S3CACHE_CORS_ORIGINS is empty
     status = Status(config, layout, filler, admission)  # the collector behind the page, metrics and stats
     app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
@@ -111,7 +112,15 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             filler.submit(plan.fill, plan.location)
         else:
             log.debug("redirect only (%s): %s", plan.why_not, raw_uri.partition("?")[0])
-        return redirect_307(plan.location)
+        redirect = redirect_307(plan.location)
+        origin = request.headers.get("Origin")
+        if origin and not config.cors_origins:
+            # A browser follows a cross-origin redirect only if the redirect allows its origin: S3's rules say.
+            resolved = config.addressing.resolve(client_host(), raw_uri)
+            redirect.headers.update(learned_cors.headers(plan.location, resolved.upstream_host,
+                                                         resolved.parsed.bucket, origin, request.method))
+            redirect.headers["Vary"] = "Origin"
+        return redirect
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:

@@ -11,6 +11,9 @@ would answer it (never with a redirect: browsers do not follow one).
 - **S3's own answer**: where the sidecar asks S3 for a client (a revalidation,
   a streamed miss) it sends the client's ``Origin``, and ``from_s3`` picks the
   headers of S3's answer that belong on the client's.
+- **Redirects** without rules: S3 is asked what it would answer this origin
+  (a preflight, ``Learned``), and its verdict goes on the redirect, which the
+  browser follows only if it allows the origin.  Kept a minute per bucket and origin.
 - The rules on hits, redirects and streamed misses are Caddy's
   (``cors_rules`` in the Caddyfile): they add the headers where S3's are absent.
 """
@@ -18,6 +21,8 @@ would answer it (never with a redirect: browsers do not follow one).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Mapping
 
 from flask import Response
@@ -148,6 +153,63 @@ def relay(upstream: Upstream, url: str, headers: Mapping[str, str]) -> Response:
         return relayed
     finally:
         done(resp)
+
+
+class Learned:
+    """S3's CORS verdict for an origin, learned with a preflight, for the redirects we answer ourselves.
+
+    A bucket's CORS configuration is one for all its keys, so the verdict is
+    kept per (S3 host, bucket, origin, method) for ``TTL`` seconds.  Only the
+    headers S3 puts on an actual GET for an allowed origin are kept; a refusal
+    (S3's 403) is kept as "nothing".  When S3 cannot be asked, nothing is kept
+    and the redirect goes without (the browser then stops, as it did before).
+    """
+
+    TTL = 60.0
+    MAX_ENTRIES = 4096
+    _KEPT = ("access-control-allow-origin", "access-control-expose-headers", "access-control-allow-credentials")
+
+    def __init__(self, upstream: Upstream, clock=time.monotonic):
+        self._upstream, self._clock = upstream, clock
+        self._verdicts: dict[tuple[str, str, str, str], tuple[float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def headers(self, url: str, host: str, bucket: str, origin: str, method: str) -> dict[str, str]:
+        """What S3 would put on ``method url`` for ``origin``: Access-Control-* headers, or none."""
+        key = (host, bucket, origin, method)
+        now = self._clock()
+        with self._lock:
+            known = self._verdicts.get(key)
+        if known is not None and known[0] > now:
+            return dict(known[1])
+        verdict = self._ask(url, origin, method)
+        if verdict is None:
+            return {}
+        with self._lock:
+            if len(self._verdicts) >= self.MAX_ENTRIES:
+                self._verdicts = {k: v for k, v in self._verdicts.items() if v[0] > now}
+                if len(self._verdicts) >= self.MAX_ENTRIES:
+                    self._verdicts.clear()
+            self._verdicts[key] = (now + self.TTL, verdict)
+        return dict(verdict)
+
+    def _ask(self, url: str, origin: str, method: str) -> dict[str, str] | None:
+        try:
+            check_headers({"Origin": origin, "Access-Control-Request-Method": method})
+            resp = self._upstream.request("OPTIONS", url, headers={"Origin": origin,
+                                                                   "Access-Control-Request-Method": method},
+                                          connect_timeout=PREFLIGHT_TIMEOUT[0], read_timeout=PREFLIGHT_TIMEOUT[1])
+        except Unsendable:
+            return None
+        except Unreachable as exc:
+            log.info("S3's CORS rules not learned: S3 unreachable (%s)", exc)
+            return None
+        try:
+            if resp.status != 200:
+                return {}
+            return {_canonical(k): v for k, v in resp.headers.items() if k.lower() in self._KEPT}
+        finally:
+            done(resp)
 
 
 def _canonical(name: str) -> str:

@@ -183,6 +183,29 @@ def test_only_a_listed_origin_is_ever_allowed_by_caddy(bucket, origin, make_stac
     check()
 
 
+def test_a_redirect_carries_s3s_verdict_without_rules(bucket, origin, make_stack):
+    stack = make_stack()  # the defaults: revalidate, redirect, no S3CACHE_CORS_*
+    first, second = (stack.proxied(put(origin, f"learned-{n}.txt")) for n in (1, 2))
+    origin.reset()
+    allowed = raw_request("GET", first, headers={"Origin": APP})
+    assert (allowed.status_code, allowed.headers["Access-Control-Allow-Origin"]) == (307, APP)
+    assert allowed.headers["Access-Control-Expose-Headers"] == S3_EXPOSED
+    assert "origin" in vary(allowed)
+    refused = raw_request("GET", second, headers={"Origin": OTHER})
+    assert refused.status_code == 307
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    assert "origin" in vary(refused)
+    assert options_at_origin(origin) == 2  # S3 was asked, once per origin
+    # The bucket's verdict for APP is known: another of its keys costs no second question.
+    again = raw_request("GET", second, headers={"Origin": APP})
+    assert again.headers["Access-Control-Allow-Origin"] == APP
+    assert options_at_origin(origin) == 2
+    # Without an Origin nothing changes: no question, no header.
+    plain = raw_request("GET", stack.proxied(put(origin, "learned-3.txt")))
+    assert plain.status_code == 307 and "Access-Control-Allow-Origin" not in plain.headers
+    assert options_at_origin(origin) == 2
+
+
 def test_revalidate_keeps_s3s_answer_and_the_rules_fill_in(bucket, origin, make_stack):
     rules_only = "http://rules-only.example.test"
     stack = make_stack(S3CACHE_ACCESS="revalidate", S3CACHE_CORS_ORIGINS=f"{APP},{rules_only}")

@@ -77,3 +77,56 @@ def test_an_origin_http_cannot_carry_is_not_sent_to_s3():
     assert cors.client_origin({"Origin": "https://app.example.com"}) == {"Origin": "https://app.example.com"}
     assert cors.client_origin({"Origin": "bad\x00value"}) == {}
     assert cors.client_origin({}) == {}
+
+
+class _Answer:
+    """Just enough of a urllib3 response for ``upstream.done``."""
+
+    def __init__(self, status, headers):
+        self.status, self.headers, self.length_remaining = status, headers, 0
+
+    def read(self, *args, **kwargs):
+        return b""
+
+    def release_conn(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _S3:
+    def __init__(self):
+        self.asked, self.down = [], False
+
+    def request(self, method, url, headers=None, **timeouts):
+        self.asked.append((method, headers["Origin"]))
+        if self.down:
+            raise cors.Unreachable("connection failed")
+        if headers["Origin"] == "https://app.example.com":
+            return _Answer(200, {"Access-Control-Allow-Origin": "https://app.example.com",
+                                 "Access-Control-Allow-Methods": "GET", "Access-Control-Max-Age": "60"})
+        return _Answer(403, {"Content-Type": "application/xml"})
+
+
+def test_s3s_verdict_is_learned_per_bucket_and_origin_for_a_minute():
+    s3, now = _S3(), [0.0]
+    learned = cors.Learned(s3, clock=lambda: now[0])
+
+    def ask(origin, bucket="b", key="k"):
+        return learned.headers(f"https://s3.example/{bucket}/{key}", "s3.example", bucket, origin, "GET")
+
+    app = {"Access-Control-Allow-Origin": "https://app.example.com"}  # what S3 puts on a GET, not the rest
+    assert ask("https://app.example.com") == app
+    assert ask("https://app.example.com", key="other") == app
+    assert ask("https://evil.example") == {}
+    assert ask("https://evil.example") == {}
+    assert len(s3.asked) == 2  # one question per (bucket, origin)
+    assert ask("https://app.example.com", bucket="c") == app
+    assert len(s3.asked) == 3
+    now[0] += cors.Learned.TTL + 1
+    s3.down = True
+    assert ask("https://app.example.com") == {}  # S3 cannot say: nothing, and nothing kept
+    s3.down = False
+    assert ask("https://app.example.com") == app
+    assert len(s3.asked) == 5
