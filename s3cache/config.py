@@ -200,6 +200,57 @@ def _file_path(value: str) -> str | None:
     return os.path.abspath(value)
 
 
+_ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    """Origins as browsers send them (scheme://host[:port], lower case, no path), or ("*",); empty: none."""
+    origins: list[str] = []
+    for n, item in enumerate(value.split(","), 1):
+        item = item.strip().lower()
+        if not item:
+            if value.strip():
+                raise ValueError(f"origin {n} is empty (a stray comma?) in {value!r}")
+            continue
+        if item != "*" and not _ORIGIN.fullmatch(item):
+            raise ValueError(f"expected origins such as https://app.example.com or http://localhost:3000 "
+                             f"(no path, no trailing slash), or *, got {item!r}")
+        if item not in origins:
+            origins.append(item)
+    if "*" in origins:
+        return ("*",)
+    return tuple(origins)
+
+
+def _caddy_cors(origins: tuple[str, ...]) -> dict[str, str]:
+    # Caddy matches the request's Origin with one regexp; "*" answers every origin with "*", as S3 does.
+    if not origins:
+        return {"S3CACHE_CADDY_CORS": "off", "S3CACHE_CADDY_CORS_ORIGIN_RE": "^$",
+                "S3CACHE_CADDY_CORS_ALLOW_ORIGIN": ""}
+    if origins == ("*",):
+        return {"S3CACHE_CADDY_CORS": "rules", "S3CACHE_CADDY_CORS_ORIGIN_RE": "^.+$",
+                "S3CACHE_CADDY_CORS_ALLOW_ORIGIN": "*"}
+    return {"S3CACHE_CADDY_CORS": "rules",
+            "S3CACHE_CADDY_CORS_ORIGIN_RE": "^(" + "|".join(re.escape(o) for o in origins) + ")$",
+            "S3CACHE_CADDY_CORS_ALLOW_ORIGIN": "{http.request.header.Origin}"}
+
+
+def _header_list(value: str) -> str:
+    """Header names, comma-separated; kept as one token for Caddy (no spaces)."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+            raise ValueError(f"expected header names such as ETag,Content-Range, got {name!r}")
+    return ",".join(names)
+
+
+def _non_negative_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"expected a number of seconds (0 or more), got {value!r}")
+    return n
+
+
 def _port(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise ValueError(f"expected a port number (1-65535), got {value!r}")
@@ -375,6 +426,22 @@ class Config:
         "Seconds after which a cached object is revalidated with S3 before it is served again "
         "(empty: objects are immutable).",
         caddy=lambda v: {"S3CACHE_TTL": "" if v is None else f"{v:g}"})
+    cors_origins: tuple[str, ...] = setting(
+        "", _cors_origins,
+        "Browser origins (scheme://host[:port], comma-separated, or *) whose fetch() of an object is "
+        "answered with Access-Control-* headers by the proxy itself: hits, redirects, streamed misses, and "
+        "GET/HEAD preflights. Empty: only what S3 says (preflights are relayed to S3; revalidated hits and "
+        "streamed misses carry S3's own Access-Control-* headers, redirects S3's verdict for the origin).",
+        caddy=_caddy_cors)
+    cors_expose_headers: str = setting(
+        "ETag,Content-Length,Content-Range,Accept-Ranges,Last-Modified,x-amz-version-id,X-Cache",
+        _header_list,
+        "With S3CACHE_CORS_ORIGINS: the response headers a page's script may read "
+        "(Access-Control-Expose-Headers), comma-separated.",
+        caddy=lambda v: {"S3CACHE_CORS_EXPOSE_HEADERS": v})
+    cors_max_age: int = setting(
+        "3000", _non_negative_int,
+        "With S3CACHE_CORS_ORIGINS: seconds a browser may keep a preflight's answer (Access-Control-Max-Age).")
     fill_on_range: bool = setting(
         "on", _on_off,
         "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES).")

@@ -32,7 +32,7 @@ from s3cache import entries
 from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from s3cache.wire import SERVED_HEADER
-from sidecar import freshness, hit_headers
+from sidecar import cors, freshness, hit_headers
 from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
@@ -70,14 +70,15 @@ def serves_object(served: str | None, relative: str) -> bool:
 
 
 def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None,
-          overrides: bool = True) -> Response:
+          overrides: bool = True, extra: Mapping[str, str] | None = None) -> Response:
     """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves.
 
     ``told``: S3's answer to this very URL about the same object (a revalidation),
     which may tell headers the fill could not store.  ``overrides``: apply the
     URL's response-* parameters; only for a URL S3 or the signature check has
     accepted with them (S3 refuses them on unsigned requests: from anyone else
-    they would be a reflected Content-Type / Content-Disposition).
+    they would be a reflected Content-Type / Content-Disposition).  ``extra``:
+    headers of S3's answer that belong on this one as they are (its CORS verdict).
     """
     try:
         mtime = hit_headers.object_mtime(layout, ref)
@@ -91,6 +92,7 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
     del resp.headers["Content-Type"]
     resp.headers.update(result.headers)
+    resp.headers.update(extra or {})
     if result.status != 204:
         resp.headers["X-Cache"] = "HIT"  # a conditional answer from the cache is still a hit
     return resp
@@ -176,7 +178,8 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         validators = _cached_validators(layout, ref)
     except FileNotFoundError:
         return deny(404, "NoSuchKey", "The specified key does not exist.")
-    headers = {**_signed_client_headers(hit.raw_query, hit.headers), **validators}
+    # The client's Origin too: S3's answer then carries the Access-Control-* headers it would send this client.
+    headers = {**_signed_client_headers(hit.raw_query, hit.headers), **cors.client_origin(hit.headers), **validators}
     try:
         resp = session.request(hit.method, url, headers=headers,
                                connect_timeout=REVALIDATE_TIMEOUT[0], read_timeout=REVALIDATE_TIMEOUT[1])
@@ -186,22 +189,26 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
     except Unreachable as exc:
         return _unreachable(hit, ref, config, layout, str(exc))
     keep_open = False
+    # S3's CORS verdict for this client, on whatever we answer; it depends on Origin.
+    s3_cors = cors.with_vary_origin(cors.from_s3(resp.headers), config)
     try:
         status = resp.status
         if status == 304:
             if config.ttl is not None:
                 metadata.mark_validated(layout, ref)
-            return allow(hit, ref, layout, told=resp.headers)
+            return allow(hit, ref, layout, told=resp.headers, extra=s3_cors)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                return allow(hit, ref, layout, told=resp.headers)  # an origin that ignores If-None-Match
+                return allow(hit, ref, layout, told=resp.headers, extra=s3_cors)  # an origin that ignores If-None-Match
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)
             else:
                 remove_cached(layout, ref)  # a HEAD-signed URL cannot fetch the new body
             log.info("stale %s: changed at the origin; redirected and refreshing", ref.name)
-            return redirect_307(url)
+            redirect = redirect_307(url)
+            redirect.headers.update(s3_cors)
+            return redirect
         if status >= 500:
             return _unreachable(hit, ref, config, layout, f"origin answered {status}")
         if status == 404:
@@ -213,6 +220,7 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         relayed = Response(body, status=status, content_type=resp.headers.get("Content-Type", "application/xml"))
         relayed.headers["X-Cache"] = "DENIED"
         relayed.headers["Cache-Control"] = "no-store"
+        relayed.headers.update(s3_cors)
         return relayed
     finally:
         if not keep_open:

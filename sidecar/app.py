@@ -17,7 +17,7 @@ from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.request_path import BadRequest
 
-from sidecar import internal
+from sidecar import cors, internal
 from sidecar.internal import client_host
 from sidecar.status import Status
 from s3cache.ledger import fill_limit
@@ -51,6 +51,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     # Streams hold a server thread for as long as S3 and the client take: at most
     # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
     stream_slots = threading.BoundedSemaphore(config.stream_max)
+    learned_cors = cors.Learned(upstream)  # S3's CORS verdicts, for redirects when S3CACHE_CORS_ORIGINS is empty
     status = Status(config, layout, filler, admission)  # the collector behind the page, metrics and stats
     app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
@@ -70,7 +71,16 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             return None  # the blueprint's, guard included
         if wire.is_internal(path):
             return internal.not_found(path)
+        if cors.is_preflight(request.method, request.headers):
+            return answer_preflight(raw_uri)
         return answer_miss(raw_uri)
+
+    def answer_preflight(raw_uri: str) -> Response:
+        try:
+            url = config.addressing.resolve(client_host(), raw_uri).upstream_url
+        except BadRequest:
+            url = None  # nothing S3 could be asked about: only the rules can answer
+        return cors.preflight(config, upstream, url, request.headers)
 
     def answer_miss(raw_uri: str) -> Response:
         try:
@@ -84,7 +94,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             streamed = None
             if stream_slots.acquire(blocking=False):
                 try:
-                    streamed = filler.stream(plan.fill, plan.location)
+                    streamed = filler.stream(plan.fill, plan.location, cors.client_origin(request.headers))
                 finally:
                     if streamed is None:
                         stream_slots.release()
@@ -92,7 +102,9 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
                 log.debug("all %d stream slots busy: redirecting", config.stream_max)
             if streamed is not None:
                 body = _Releasing(streamed.body, stream_slots.release)
-                resp = Response(body, status=streamed.status, headers=streamed.headers)
+                # S3 was asked with the client's Origin (if any): its answer depends on it.
+                headers = cors.with_vary_origin(streamed.headers, config)
+                resp = Response(body, status=streamed.status, headers=headers)
                 resp.headers["X-Cache"] = "MISS"
                 return resp
             # All stream slots busy, another fill holds the object (or it just arrived): redirect as usual.
@@ -100,7 +112,15 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             filler.submit(plan.fill, plan.location)
         else:
             log.debug("redirect only (%s): %s", plan.why_not, raw_uri.partition("?")[0])
-        return redirect_307(plan.location)
+        redirect = redirect_307(plan.location)
+        origin = request.headers.get("Origin")
+        if origin and not config.cors_origins:
+            # A browser follows a cross-origin redirect only if the redirect allows its origin: S3's rules say.
+            resolved = config.addressing.resolve(client_host(), raw_uri)
+            redirect.headers.update(learned_cors.headers(plan.location, resolved.upstream_host,
+                                                         resolved.parsed.bucket, origin, request.method))
+            redirect.headers["Vary"] = "Origin"
+        return redirect
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:

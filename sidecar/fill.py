@@ -50,7 +50,7 @@ from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.ledger import CacheBytes, OverCap
 from s3cache.redact import redact
-from sidecar import hit_headers
+from sidecar import cors, hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
 
 log = logging.getLogger("sidecar.fill")
@@ -301,8 +301,11 @@ class Filler:
 
     # -- one miss streamed to the client while it is cached (S3CACHE_MISS=stream) ---------
 
-    def stream(self, ref: ObjectRef, url: str) -> "StreamedMiss | None":
+    def stream(self, ref: ObjectRef, url: str, origin: dict[str, str] | None = None) -> "StreamedMiss | None":
         """Fetch ``url`` once for both the client and the cache; None: redirect instead.
+
+        ``origin``: the client's Origin header, sent along so that S3's answer
+        carries the Access-Control-* headers S3 would send this client (relayed).
 
         None when another fill of ``ref`` holds the lock (its bytes cannot be
         teed), the object arrived meanwhile, or S3 cannot be asked.  A non-200
@@ -325,7 +328,8 @@ class Filler:
                 os.close(fd)
                 return None
             os.ftruncate(fd, 0)
-            resp = self._get(url)
+            resp = self._get(url, origin)
+            s3_cors = cors.from_s3(resp.headers)
             if resp.status == 200:
                 headers = _lower_headers(resp)
                 try:
@@ -335,7 +339,7 @@ class Filler:
                     plan = None
                 body = _StreamBody(self, ref, resp, fd, tmp, final,
                                    hit_headers.object_headers(headers, url.partition("?")[2]), plan)
-                return StreamedMiss(200, _client_headers(headers), body)
+                return StreamedMiss(200, {**_client_headers(headers), **s3_cors}, body)
             status = resp.status
             relayed = resp.read(MAX_RELAYED_BODY + 1, decode_content=False)
             headers = _relayed_headers(_lower_headers(resp))
@@ -348,7 +352,7 @@ class Filler:
             _unlink_quietly(tmp)
             os.close(fd)
             self._record(FillResult("failed", f"status-{status}"))
-            return StreamedMiss(status, headers, [relayed])
+            return StreamedMiss(status, {**headers, **s3_cors}, [relayed])
         except FILL_ERRORS as exc:
             if resp is not None:
                 resp.close()
@@ -359,8 +363,9 @@ class Filler:
 
     # -- the steps every fill shares ----------------------------------------------------
 
-    def _get(self, url: str) -> urllib3.BaseHTTPResponse:
-        return self.upstream.request("GET", url, connect_timeout=self.timeout, read_timeout=self.timeout)
+    def _get(self, url: str, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+        return self.upstream.request("GET", url, headers=headers, connect_timeout=self.timeout,
+                                     read_timeout=self.timeout)
 
     def _check(self, resp: urllib3.BaseHTTPResponse) -> tuple[int, str | None]:
         """(expected length, expected MD5 or None) of a response we may cache; FillFailed if not."""

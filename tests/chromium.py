@@ -32,9 +32,9 @@ def _run(binary: str, args: list[str], timeout: float = 60) -> subprocess.Comple
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def dump_dom(binary: str, url: str) -> str:
+def dump_dom(binary: str, url: str, extra: list[str] | tuple[str, ...] = ()) -> str:
     """The DOM after the page loaded, serialised: what a person's browser would show."""
-    done = _run(binary, ["--dump-dom", url])
+    done = _run(binary, [*extra, "--dump-dom", url])
     if done.returncode != 0 or not done.stdout:
         raise RuntimeError(f"chromium --dump-dom failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
     return done.stdout.decode("utf-8")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 # What each group of tests needs; test files ask for these through require_debs().
-CHROMIUM_DEBS = ("chromium", "fonts-dejavu-core")  # tests/test_status.py: the page in a real browser
+CHROMIUM_DEBS = ("chromium", "fonts-dejavu-core")  # tests/test_status.py (the page), tests/test_cors_browser.py (fetch())
 DEPLOY_DEBS = ("iproute2", "iptables", "openssh-client", "systemd-container", "podman", "docker-compose",
                "debootstrap")                      # tests/deploy
 ALL_DEBS = CHROMIUM_DEBS + DEPLOY_DEBS

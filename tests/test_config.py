@@ -34,6 +34,11 @@ def test_defaults():
     ("S3CACHE_NODES", "127.0.0.1:8080,,127.0.0.1:8081"),
     ("S3CACHE_NODES", "127.0.0.1:8080,127.0.0.1:8080"),
     ("S3CACHE_NODES", "node one:8080"),
+    ("S3CACHE_CORS_ORIGINS", "https://app.example.com/"),
+    ("S3CACHE_CORS_ORIGINS", "app.example.com"),
+    ("S3CACHE_CORS_ORIGINS", "https://a.example,,https://b.example"),
+    ("S3CACHE_CORS_EXPOSE_HEADERS", "ETag,Bad Header"),
+    ("S3CACHE_CORS_MAX_AGE", "-1"),
 ])
 def test_bad_values_name_the_variable_in_one_line(name, value):
     with pytest.raises(ConfigError) as exc:
@@ -79,7 +84,8 @@ def test_code_reads_no_undocumented_variable():
                "S3CACHE_CADDY_NODES", "S3CACHE_DOMAIN_RE", "S3CACHE_BUCKET_DIR",
                "S3CACHE_CADDY_SITE", "S3CACHE_CADDY_TLS", "S3CACHE_CADDY_HTTPS", "S3CACHE_CADDY_HTTP_PORT",
                "S3CACHE_CADDY_HTTPS_PORT", "S3CACHE_CADDY_HTTPS_SUFFIX", "S3CACHE_CADDY_TRUSTED_PROXIES",
-               "S3CACHE_CADDY_HOSTS_RE", "S3CACHE_CADDY_HOSTS_LOOSE_RE", "S3CACHE_CADDY_HOSTS_SHARD_RE"}
+               "S3CACHE_CADDY_HOSTS_RE", "S3CACHE_CADDY_HOSTS_LOOSE_RE", "S3CACHE_CADDY_HOSTS_SHARD_RE",
+               "S3CACHE_CADDY_CORS", "S3CACHE_CADDY_CORS_ORIGIN_RE", "S3CACHE_CADDY_CORS_ALLOW_ORIGIN"}
     used = set()
     caddyfiles = [ROOT / "Caddyfile", ROOT / "Caddyfile.front"]
     for path in list(ROOT.glob("s3cache/*.py")) + list(ROOT.glob("sidecar/*.py")) + list(ROOT.glob("evictor/*.py")) + caddyfiles:

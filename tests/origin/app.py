@@ -7,7 +7,8 @@ This module owns the origin's request policy:
 - a presigned request (SigV2 or SigV4 query parameters) must pass
   ``sigcheck`` against ``CREDENTIALS``, else 403 with an S3 XML error;
 - an anonymous request is refused (403 AccessDenied) unless its bucket's
-  name starts with ``public-``;
+  name starts with ``public-``, or it is a CORS preflight (``OPTIONS``), which
+  S3 answers from the bucket's CORS configuration alone;
 - every request is counted, GETs may get an armed fault, and If-None-Match is
   settled here (moto only honours a single exact ETag).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, unquote, urlsplit
@@ -40,6 +42,9 @@ _STATUS_FAULT_CODES = {500: ("InternalError", "We encountered an internal error.
 
 def make_moto_app() -> Any:
     """moto's S3 Flask app on its own: every request here is S3, path-style."""
+    # S3 sends Access-Control-* headers only as the bucket's CORS configuration says; moto's server
+    # would add its own (flask-cors: any origin allowed) to every answer. Read when moto is imported.
+    os.environ["MOTO_DISABLE_GLOBAL_CORS"] = "1"
     from moto.moto_server.werkzeug_app import create_backend_app
 
     return create_backend_app("s3")
@@ -186,6 +191,10 @@ class OriginApp:
         """(how the request authenticated, None or the (code, message, details) refusing it)."""
         if "authorization" in headers:
             return "header", None
+        if method == "OPTIONS":
+            # A CORS preflight is never authenticated at S3 (a browser sends no credentials with it, and
+            # a presigned URL's signature is for GET): the bucket's CORS configuration alone answers it.
+            return "anonymous", None
         result = sigcheck.check(method, raw_path, raw_query, headers, self.credentials,
                                 now=self.clock(), region=self.region, vhost_bucket=vhost_bucket)
         if result is not None:
