@@ -107,6 +107,11 @@ def _optional_positive_int(value: str) -> int | None:
     return _positive_int(value) if value else None
 
 
+def _workers(value: str) -> int:
+    """A positive count; empty: the cores this process may run on."""
+    return _positive_int(value) if value else len(os.sched_getaffinity(0))
+
+
 def _optional_positive_float(value: str) -> float | None:
     return _positive_float(value) if value else None
 
@@ -317,6 +322,10 @@ class Config:
         "127.0.0.1:8081", _host_port,
         "Address of the sidecar (misses, health); keep it private.",
         caddy=lambda v: {"S3CACHE_SIDECAR": str(v)})
+    sidecar_workers: int = setting(
+        "", _workers,
+        "Sidecar processes answering misses and access checks on S3CACHE_SIDECAR_LISTEN (empty: one per "
+        "core); beyond 1, fills run in a fill process of their own. 1: one process does it all.")
     dir: str = setting(
         "./cache", str,
         "Cache directory (objects/, meta/, tmp/ ... live inside).",
