@@ -46,6 +46,7 @@ log = logging.getLogger("sidecar.backchannel")
 
 SEND_TIMEOUT = 2.0      # the fill process reads at once; a full buffer this long means it is stuck
 QUERY_TIMEOUT = 30.0    # a snapshot reads the access log's new lines first
+HEALTH_TIMEOUT = 5.0    # health must answer a stuck fill process with "degraded", not hang
 WARNING_INTERVAL = 10.0
 MAX_LINE = 1 << 20
 DRAIN_ROUNDS = 100
@@ -114,9 +115,9 @@ class BackLink:
                 self._last_warning, self._lost = now, 0
             return False
 
-    def query(self, what: str) -> dict:
+    def query(self, what: str, timeout: float = QUERY_TIMEOUT) -> dict:
         """Ask the fill process; OSError if it does not answer."""
-        with self._connect(QUERY_TIMEOUT) as sock:
+        with self._connect(timeout) as sock:
             sock.sendall(_encode({"t": "query", "q": what}))
             data = bytearray()
             while not data.endswith(b"\n"):
@@ -162,7 +163,7 @@ class RemoteFiller(Filler):
             self.link.send({"t": "running", "d": -1})
 
     def state(self) -> tuple[int, DiskFailure | None]:
-        answer = self.link.query("fills")
+        answer = self.link.query("fills", HEALTH_TIMEOUT)
         disk = answer.get("disk_failure")
         return answer["in_progress"], DiskFailure(**disk) if disk else None
 

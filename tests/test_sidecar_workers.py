@@ -199,3 +199,25 @@ def test_fills_run_in_the_fill_process_and_redirects_answer_while_fills_are_stuc
     snap = snapshot(stack)
     assert snap["fills"]["in_progress"] == 2 and len(stuck_gets()) == 2  # still stuck throughout
     assert snap["sidecar_misses"]["fill"] == 46
+
+
+def test_a_killed_fill_process_or_worker_is_forked_again_and_fills_go_on(origin, make_stack):
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_SIDECAR_WORKERS="2", S3CACHE_ADMIT="first")
+    procs = processes(stack)
+    s3 = origin.s3()
+    os.kill(procs["fill_pid"], signal.SIGKILL)
+    again = wait_until(lambda: (p := processes(stack))["fill_pid"] != procs["fill_pid"] and p, timeout=30,
+                       what="a new fill process")
+    assert again["worker_pids"] == procs["worker_pids"]
+    for i in range(4):  # through both workers' kept connections to the channel, now to the new fill process
+        s3.put_object(Bucket=BUCKET, Key=f"after-fill-kill/{i}.txt", Body=b"filled %d" % i)
+        assert stack.get(stack.proxied(origin.presign(BUCKET, f"after-fill-kill/{i}.txt"))).status_code == 307
+        stack.wait_cached(BUCKET, f"after-fill-kill/{i}.txt")
+    victim = again["worker_pids"][0]
+    os.kill(victim, signal.SIGKILL)
+    last = wait_until(lambda: victim not in (p := processes(stack))["worker_pids"] and p, timeout=30,
+                      what="a new request worker")
+    for pid in last["worker_pids"]:
+        other = next(p for p in last["worker_pids"] if p != pid)
+        with Stopped(other):
+            assert direct(stack, "/_s3cache/health").json()["parts"]["sidecar"]["answered_by"] == pid
