@@ -34,7 +34,6 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict
 
 from s3cache.config import Config
@@ -199,6 +198,7 @@ class _Conn:
     def __init__(self, sock: socket.socket, pid: int):
         self.sock, self.pid = sock, pid
         self.buf = bytearray()
+        self.running = 0  # refreshes this worker runs now
 
 
 class FillServer:
@@ -207,7 +207,6 @@ class FillServer:
     def __init__(self, listener: socket.socket, filler: Filler, status, admission: Admission):
         self.listener, self.filler, self.status, self.admission = listener, filler, status, admission
         self.sel = selectors.DefaultSelector()
-        self.misses_by_worker: Counter[int] = Counter()
         self._draining = False
         self._questions: list[tuple[_Conn, str]] = []
 
@@ -246,6 +245,9 @@ class FillServer:
             self.sel.register(sock, selectors.EVENT_READ, _Conn(sock, pid))
 
     def _close(self, conn: _Conn) -> None:
+        if conn.running:  # a worker that died mid-refresh: its fills are not running any more
+            self.filler.running(-conn.running)
+            conn.running = 0
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -285,8 +287,7 @@ class FillServer:
         if kind == "fill":
             self.filler.submit(ObjectRef(msg["b"], msg["k"]), msg["u"])
         elif kind == "miss":
-            self.status.collector.count_miss(bool(msg["fill"]))
-            self.misses_by_worker[conn.pid] += 1
+            self.status.collector.count_miss(bool(msg["fill"]), pid=conn.pid)
         elif kind == "admit":
             self.admission.count(bool(msg["ok"]))
         elif kind == "result":
@@ -294,6 +295,7 @@ class FillServer:
         elif kind == "disk":
             self.filler._disk_failed(DiskFailure(msg["reason"], msg["detail"], int(msg["needed"]), float(msg["at"])))
         elif kind == "running":
+            conn.running += int(msg["d"])
             self.filler.running(int(msg["d"]))
         elif kind == "query":
             self.sel.unregister(conn.sock)
@@ -317,8 +319,6 @@ class FillServer:
         try:
             if what == "snapshot":
                 answer = self.status.snapshot()
-                answer["sidecar_workers"] = {"misses_by_pid": {str(pid): n for pid, n in
-                                                               sorted(dict(self.misses_by_worker).items())}}
             elif what == "fills":
                 in_progress, disk = self.filler.state()
                 answer = {"in_progress": in_progress, "disk_failure": asdict(disk) if disk else None}

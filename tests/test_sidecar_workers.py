@@ -221,3 +221,16 @@ def test_a_killed_fill_process_or_worker_is_forked_again_and_fills_go_on(origin,
         other = next(p for p in last["worker_pids"] if p != pid)
         with Stopped(other):
             assert direct(stack, "/_s3cache/health").json()["parts"]["sidecar"]["answered_by"] == pid
+
+
+def test_one_worker_is_the_single_process_of_before(origin, make_stack):
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_SIDECAR_WORKERS="1", S3CACHE_ADMIT="first")
+    state = json.loads(stack.layout.sidecar_file.read_text())
+    sidecar = stack.part_pid("sidecar")
+    assert (state["workers"], state["worker_pids"], state["fill_pid"]) == (1, [sidecar], sidecar)
+    origin.s3().put_object(Bucket=BUCKET, Key="single.txt", Body=b"one process")
+    assert stack.get(stack.proxied(origin.presign(BUCKET, "single.txt"))).status_code == 307
+    stack.wait_cached(BUCKET, "single.txt")
+    snap = snapshot(stack)
+    assert snap["sidecar_misses"]["fill"] == 1 and snap["sidecar_workers"]["misses_by_pid"] == {str(sidecar): 1}
+    assert direct(stack, "/_s3cache/health").json()["parts"]["sidecar"]["answered_by"] == sidecar
