@@ -23,6 +23,7 @@ from sidecar.app import create_app
 
 # Threads for everything but streamed misses: hits' access checks, misses, health, status.
 BASE_THREADS = 16
+FILL_NICENESS = 10
 
 
 def _serve_options(config: Config) -> dict:
@@ -63,6 +64,8 @@ def main() -> int:
 
     def fill_main() -> None:
         http.close()
+        # Fills are background work: when the cores are busy, the kernel runs the request workers first.
+        os.nice(FILL_NICENESS)
         backchannel.serve_fills(config, back)
 
     def worker_main() -> None:
