@@ -7,6 +7,7 @@ traceback ever reaches a client: unexpected errors become an S3-style 500.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -73,7 +74,14 @@ def create_app(config: Config, filler: Filler | None = None, *, link: BackLink |
             return internal.not_found(path)
         return answer_miss(raw_uri)
 
+    # With request workers, what a miss tells the fill process goes in one write (sidecar.backchannel).
+    events = link.held if link is not None else contextlib.nullcontext
+
     def answer_miss(raw_uri: str) -> Response:
+        with events():
+            return _answer_miss(raw_uri)
+
+    def _answer_miss(raw_uri: str) -> Response:
         try:
             plan = plan_miss(request.method, raw_uri, request.headers, config, layout, host=client_host())
         except BadRequest as exc:

@@ -25,6 +25,7 @@ so an answer counts every request already answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import struct
 import threading
 import time
 from dataclasses import asdict
+from typing import Iterator
 
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
@@ -79,6 +81,7 @@ class BackLink:
         self._lock = threading.Lock()
         self._last_warning = float("-inf")
         self._lost = 0
+        self._held = threading.local()
 
     def _connect(self, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -90,9 +93,28 @@ class BackLink:
             raise
         return sock
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Events this thread sends inside go out as one write at the end (a miss: its admission, count, fill)."""
+        lines: list[bytes] = []
+        self._held.lines = lines
+        try:
+            yield
+        finally:
+            self._held.lines = None
+            if lines:
+                self._write(b"".join(lines))
+
     def send(self, msg: dict) -> bool:
         """Hand one event to the fill process; False (and a warning now and then) if it cannot be."""
         line = _encode(msg)
+        held = getattr(self._held, "lines", None)
+        if held is not None:
+            held.append(line)
+            return True
+        return self._write(line)
+
+    def _write(self, line: bytes) -> bool:
         with self._lock:
             error: OSError | None = None
             for _ in range(2):  # once more on a new connection: the fill process may have restarted
