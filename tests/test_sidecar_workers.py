@@ -234,3 +234,39 @@ def test_one_worker_is_the_single_process_of_before(origin, make_stack):
     snap = snapshot(stack)
     assert snap["sidecar_misses"]["fill"] == 1 and snap["sidecar_workers"]["misses_by_pid"] == {str(sidecar): 1}
     assert direct(stack, "/_s3cache/health").json()["parts"]["sidecar"]["answered_by"] == sidecar
+
+
+def test_the_fill_queue_bound_is_the_whole_sidecars(origin, make_stack):
+    """1024 fills wait at most, however many workers queue them: a bound per worker would drop none here."""
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_SIDECAR_WORKERS="2", S3CACHE_ADMIT="first",
+                       S3CACHE_FILL_WORKERS="1", S3CACHE_FILL_TIMEOUT="300")
+    a, b = processes(stack)["worker_pids"]
+    origin.s3().put_object(Bucket=BUCKET, Key="queue/stuck.bin", Body=os.urandom(100_000))
+    origin.fault(f"/{BUCKET}/queue/stuck.bin", "slow", bytes_per_sec=10)
+    with Stopped(b):
+        assert direct(stack, f"/{BUCKET}/queue/stuck.bin").status_code == 307
+    wait_until(lambda: metric(stack, "s3cache_fills_in_progress") == 1, timeout=30, what="the one fill worker to be stuck")
+    for worker, other, keys in ((a, b, range(0, 520)), (b, a, range(520, 1029))):
+        with Stopped(other):
+            for i in keys:
+                assert direct(stack, f"/{BUCKET}/queue/{i}.bin").status_code == 307
+    snap = snapshot(stack)
+    assert snap["sidecar_workers"]["misses_by_pid"] == {str(a): 521, str(b): 509}
+    # The stuck fill and 1023 queued behind it: 1024 in all; the other 6 misses were only redirected.
+    assert snap["fills"]["other_outcomes"].get("dropped:queue-full") == 6
+    assert snap["fills"]["in_progress"] == 1
+
+
+def test_redirects_never_wait_for_the_fill_process_and_health_says_when_it_is_stuck(origin, make_stack):
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_SIDECAR_WORKERS="2", S3CACHE_ADMIT="first")
+    procs = processes(stack)
+    with Stopped(procs["fill_pid"]):
+        for i in range(30):
+            assert direct(stack, f"/{BUCKET}/frozen/{i}.bin").status_code == 307
+        r = direct(stack, "/_s3cache/health")
+        assert r.status_code == 503
+        assert any("fill process not answering" in reason for reason in r.json()["reasons"]), r.json()
+    # Nothing was lost meanwhile: the fill process reads what the workers wrote while it was stopped.
+    wait_until(lambda: direct(stack, "/_s3cache/health").status_code == 200, timeout=30, what="health to recover")
+    assert snapshot(stack)["sidecar_misses"]["fill"] == 30
+    wait_until(lambda: fill_outcomes(stack)[("failed", "status-404")] == 30, timeout=60, what="the 30 fills")
