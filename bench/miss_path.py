@@ -5,7 +5,8 @@ Redirects: wrk with 64 connections gives every request its own key (a Lua
 queues a fill.  The origin is a local nginx that answers those keys 404, so
 fills end at once (at most S3CACHE_FILL_WORKERS run, 1024 queue; more are dropped).
 Beside it, same run: the same misses with ``Range: bytes=0-0`` on a stack with
-S3CACHE_FILL_ON_RANGE=off (the sidecar redirects, no fill is queued), and the
+S3CACHE_FILL_ON_RANGE=off (the sidecar redirects, no fill is queued), the same misses on a
+sidecar of one process (S3CACHE_SIDECAR_WORKERS=1; the main stack has one worker per core), and the
 baseline, a DELETE of the same kind of path, which Caddy itself redirects (no Python).
 
 Fill: a local nginx origin serves one big file of random bytes (from the page cache) for
@@ -48,7 +49,7 @@ def _random_file(path, size: int) -> str:
     return digest.hexdigest()
 
 
-def redirects(ctx: Context, stack: BenchStack, no_fill: BenchStack) -> dict:
+def redirects(ctx: Context, stack: BenchStack, no_fill: BenchStack, single: BenchStack) -> dict:
     settings = WrkSettings(threads=2, connections=64, duration=2 if ctx.quick else 8)
     nonce = uuid.uuid4().hex[:8]
     probe = stack.get(f"{stack.url}/bench-miss/{nonce}-probe.bin")
@@ -58,6 +59,7 @@ def redirects(ctx: Context, stack: BenchStack, no_fill: BenchStack) -> dict:
     # kind -> (stack, method, extra header): the same miss with and without a fill queued, and no Python at all.
     kinds = {"sidecar (GET miss)": (stack, "GET", None),
              "sidecar, no fill (Range miss, FILL_ON_RANGE=off)": (no_fill, "GET", ("Range", "bytes=0-0")),
+             "sidecar, one process (SIDECAR_WORKERS=1)": (single, "GET", None),
              "caddy redir (DELETE)": (stack, "DELETE", None)}
     probe = raw_request("GET", f"{no_fill.url}/bench-miss/{nonce}-probe.bin", headers={"Range": "bytes=0-0"})
     if probe.status_code != 307:
@@ -79,7 +81,10 @@ def redirects(ctx: Context, stack: BenchStack, no_fill: BenchStack) -> dict:
     return {"connections": settings.connections, "duration": settings.duration, "table": table,
             "p50_vs_caddy": median(ratio(a["p50_ms"], b["p50_ms"]) for a, b in zip(side, base)),
             "p99_vs_caddy": median(ratio(a["p99_ms"], b["p99_ms"]) for a, b in zip(side, base)),
-            "rps_vs_caddy": median(ratio(a["req_per_s"], b["req_per_s"]) for a, b in zip(side, base))}
+            "rps_vs_caddy": median(ratio(a["req_per_s"], b["req_per_s"]) for a, b in zip(side, base)),
+            "workers": stack.env.get("S3CACHE_SIDECAR_WORKERS") or str(len(os.sched_getaffinity(0))),
+            "rps_vs_one_process": median(ratio(a["req_per_s"], b["req_per_s"])
+                                         for a, b in zip(side, runs["sidecar, one process (SIDECAR_WORKERS=1)"]))}
 
 
 def _curl(url: str, dest: str, fsync: bool) -> float:
@@ -185,10 +190,13 @@ def run(ctx: Context) -> dict:
                            S3CACHE_FILL_TIMEOUT="120").start()
         no_fill = BenchStack(ctx.dir("miss/s3cache-no-fill"), origin.url, S3CACHE_ACCESS="open",
                              S3CACHE_EVICT_INTERVAL="3600", S3CACHE_FILL_ON_RANGE="off").start()
+        single = BenchStack(ctx.dir("miss/s3cache-one-process"), origin.url, S3CACHE_ACCESS="open",
+                            S3CACHE_EVICT_INTERVAL="3600", S3CACHE_SIDECAR_WORKERS="1").start()
         try:
-            out = {"redirects": redirects(ctx, stack, no_fill)}
+            out = {"redirects": redirects(ctx, stack, no_fill, single)}
         finally:
             no_fill.stop()
+            single.stop()
         # The redirect runs queued thousands of (failing) fills: let them drain first.
         wait_file_growth_settles(stack.log_path, quiet=1.0, timeout=120)
         out["fill"] = fills(ctx, stack, origin.url, size)

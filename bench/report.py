@@ -73,6 +73,9 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
         for row in red["table"][1:]:
             rows.append((f"  same, {row['kind']}", f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms "
                          f"({_num(row['req_per_s'])} req/s)", "—", "—"))
+        if "rps_vs_one_process" in red:
+            rows.append((f"  {red['workers']} sidecar workers ÷ one process, miss redirects/s",
+                         _x(red["rps_vs_one_process"]), "—", "—"))
     if "fill" in miss:
         fill = miss["fill"]
         fill_row = next(r for r in fill["table"] if r["kind"] == "s3cache fill")

@@ -113,6 +113,11 @@ def _optional_positive_int(value: str) -> int | None:
     return _positive_int(value) if value else None
 
 
+def _workers(value: str) -> int:
+    """A positive count; empty: the cores this process may run on."""
+    return _positive_int(value) if value else len(os.sched_getaffinity(0))
+
+
 def _optional_positive_float(value: str) -> float | None:
     return _positive_float(value) if value else None
 
@@ -382,6 +387,10 @@ class Config:
         "127.0.0.1:8081", _host_port,
         "Address of the sidecar (misses, health); keep it private.",
         caddy=lambda v: {"S3CACHE_SIDECAR": str(v)})
+    sidecar_workers: int = setting(
+        "", _workers,
+        "Sidecar processes answering misses and access checks on S3CACHE_SIDECAR_LISTEN (empty: one per "
+        "core); beyond 1, fills run in a fill process of their own. 1: one process does it all.")
     dir: str = setting(
         "./cache", str,
         "Cache directory (objects/, meta/, tmp/ ... live inside).",
@@ -405,7 +414,7 @@ class Config:
         "S3CACHE_FILL_TIMEOUT + N / S3CACHE_FILL_MIN_RATE seconds in all.")
     stream_max: int = setting(
         "8", _positive_int,
-        "stream mode: misses streamed at once; beyond it a miss is redirected (and filled in the "
+        "stream mode: misses streamed at once, per sidecar worker; beyond it a miss is redirected (and filled in the "
         "background), so hits, access checks and health always have threads of their own.")
     access: str = setting(
         "revalidate", _choice("revalidate", "verify", "open"),

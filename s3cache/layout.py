@@ -121,6 +121,7 @@ class Layout:
         # The files the parts leave for each other, named here once.
         self.access_log = self.logs_dir / ACCESS_LOG
         self.parts_file = self.run_dir / "parts.json"
+        self.sidecar_file = self.run_dir / "sidecar.json"  # the sidecar's processes (sidecar.processes)
         self.front_parts_file = self.run_dir / "front-parts.json"
         self.evictor_status_file = self.run_dir / "evictor.json"
         self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"

@@ -1,8 +1,15 @@
-"""``python -m sidecar``: serve the sidecar app with waitress on S3CACHE_SIDECAR_LISTEN."""
+"""``python -m sidecar``: serve the sidecar app with waitress on S3CACHE_SIDECAR_LISTEN.
+
+With S3CACHE_SIDECAR_WORKERS = 1, this one process does everything; beyond
+that it becomes the master of N request workers and a fill process
+(``sidecar.processes``), so systemd, compose and the supervisor run it the
+same way whatever the setting.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -10,10 +17,21 @@ from waitress import serve
 
 from s3cache import redact
 from s3cache.config import Config, ConfigError
+from s3cache.layout import Layout
+from sidecar import backchannel, processes
 from sidecar.app import create_app
 
 # Threads for everything but streamed misses: hits' access checks, misses, health, status.
 BASE_THREADS = 16
+FILL_NICENESS = 10
+
+
+def _serve_options(config: Config) -> dict:
+    # Misses answer in microseconds; threads cover slow clients, not slow work.  Streamed
+    # misses do hold a thread each: they get S3CACHE_STREAM_MAX threads on top of the rest.
+    threads = BASE_THREADS + (config.stream_max if config.miss == "stream" else 0)
+    return {"threads": threads, "ident": "s3cache-sidecar", "channel_timeout": 30,
+            "clear_untrusted_proxy_headers": True}
 
 
 def main() -> int:
@@ -24,17 +42,40 @@ def main() -> int:
     except ConfigError as exc:
         print(f"sidecar: configuration error: {exc}", file=sys.stderr)
         return 2
-    # As PID 1 in a container, Python ignores SIGTERM unless told otherwise: stop cleanly on it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    app = create_app(config)
     listen = config.sidecar_listen
-    logging.getLogger("sidecar").info("listening on %s, upstream %s, cache %s", listen, config.upstream, config.dir)
-    # Misses answer in microseconds; threads cover slow clients, not slow work.  Streamed
-    # misses do hold a thread each: they get S3CACHE_STREAM_MAX threads on top of the rest.
-    threads = BASE_THREADS + (config.stream_max if config.miss == "stream" else 0)
-    serve(app, host=listen.host, port=listen.port, threads=threads, ident="s3cache-sidecar",
-          channel_timeout=30, clear_untrusted_proxy_headers=True)
-    return 0
+    layout = Layout(config.dir)
+    layout.ensure()
+    log = logging.getLogger("sidecar")
+    if config.sidecar_workers == 1:
+        # As PID 1 in a container, Python ignores SIGTERM unless told otherwise: stop cleanly on it.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        app = create_app(config)
+        processes.write_state(layout, [os.getpid()], os.getpid())
+        log.info("listening on %s, upstream %s, cache %s", listen, config.upstream, config.dir)
+        serve(app, host=listen.host, port=listen.port, **_serve_options(config))
+        return 0
+    try:
+        http = processes.listen(listen)
+    except OSError as exc:
+        print(f"sidecar: {processes.bind_error(exc, listen)}", file=sys.stderr)
+        return 1
+    name = backchannel.address()
+    back = backchannel.listen(name)
+
+    def fill_main() -> None:
+        http.close()
+        # Fills are background work: when the cores are busy, the kernel runs the request workers first.
+        os.nice(FILL_NICENESS)
+        backchannel.serve_fills(config, back)
+
+    def worker_main() -> None:
+        back.close()
+        app = create_app(config, link=backchannel.BackLink(name))
+        serve(app, sockets=[http], **_serve_options(config))
+
+    log.info("listening on %s (%d workers and a fill process), upstream %s, cache %s",
+             listen, config.sidecar_workers, config.upstream, config.dir)
+    return processes.Master(config, layout, fill_main, worker_main).run()
 
 
 if __name__ == "__main__":

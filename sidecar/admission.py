@@ -57,12 +57,16 @@ class Admission:
                 ok = est > boundary
             elif self._count:
                 ok = est >= self._count
+        self.count(ok)
+        return ok
+
+    def count(self, ok: bool) -> None:
+        """Count one decision (the fill process counts those its request workers report)."""
         with self._lock:
             if ok:
                 self.admitted += 1
             else:
                 self.declined += 1
-        return ok
 
     def stats(self) -> dict:
         with self._lock:

@@ -7,6 +7,7 @@ traceback ever reaches a client: unexpected errors become an S3-style 500.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -20,8 +21,8 @@ from s3cache.request_path import BadRequest
 from sidecar import cors, internal
 from sidecar.internal import client_host
 from sidecar.status import Status
-from s3cache.ledger import fill_limit
 from sidecar.admission import Admission
+from sidecar.backchannel import BackLink, RemoteAdmission, RemoteFiller, RemoteStatus
 from sidecar.fill import Filler
 from sidecar.miss import MissPlan, plan_miss
 from sidecar.redirect import redirect_307
@@ -37,22 +38,23 @@ def raw_request_uri() -> str:
     return request.headers.get(wire.RAW_URI_HEADER) or request.environ.get("REQUEST_URI") or request.full_path
 
 
-def create_app(config: Config, filler: Filler | None = None) -> Flask:
+def create_app(config: Config, filler: Filler | None = None, *, link: BackLink | None = None) -> Flask:
+    """The app of the one sidecar process, or (``link``) of one request worker among several."""
     app = Flask(__name__)
     layout = Layout(config.dir)
     layout.ensure()
+    if link is not None:  # background fills and the counters live in the fill process (sidecar.backchannel)
+        filler = RemoteFiller.linked(config, layout, link)
     # The one way to S3 (fills, streams, revalidation): exact request targets, keep-alive pools.
     upstream = filler.upstream if filler is not None else Upstream()
-    filler = filler or Filler(layout, workers=config.fill_workers, timeout=config.fill_timeout,
-                              max_object_bytes=config.max_object_bytes, upstream=upstream,
-                              min_rate=config.fill_min_rate,
-                              cap=fill_limit(config.max_bytes, config.evict_high))
-    admission = Admission(config.admit, layout)
+    filler = filler or Filler.from_config(config, layout, upstream)
+    admission = Admission(config.admit, layout) if link is None else RemoteAdmission(config.admit, layout, link)
     # Streams hold a server thread for as long as S3 and the client take: at most
-    # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
+    # S3CACHE_STREAM_MAX of them (per worker process), so hits, access checks and health never wait behind streams.
     stream_slots = threading.BoundedSemaphore(config.stream_max)
     learned_cors = cors.Learned(upstream)  # S3's CORS verdicts, for redirects when S3CACHE_CORS_ORIGINS is empty
-    status = Status(config, layout, filler, admission)  # the collector behind the page, metrics and stats
+    # The collector behind the page, metrics and stats.
+    status = Status(config, layout, filler, admission) if link is None else RemoteStatus(link)
     app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
 
@@ -82,7 +84,14 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
             url = None  # nothing S3 could be asked about: only the rules can answer
         return cors.preflight(config, upstream, url, request.headers)
 
+    # With request workers, what a miss tells the fill process goes in one write (sidecar.backchannel).
+    events = link.held if link is not None else contextlib.nullcontext
+
     def answer_miss(raw_uri: str) -> Response:
+        with events():
+            return _answer_miss(raw_uri)
+
+    def _answer_miss(raw_uri: str) -> Response:
         try:
             plan = plan_miss(request.method, raw_uri, request.headers, config, layout, host=client_host())
         except BadRequest as exc:

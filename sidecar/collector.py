@@ -82,6 +82,7 @@ class Collector:
         self.follower = Follower(layout.access_log, clock=clock)
         self.traffic = Traffic(layout, config.addressing)
         self.misses: Counter[str] = Counter()
+        self.misses_by_pid: Counter[int] = Counter()
         self.fill_durations = Histogram(FILL_BUCKETS)
         self._fills_seen = 0
         self.fill_durations_lost = 0
@@ -95,9 +96,11 @@ class Collector:
 
     # -- the sidecar's own miss counter (called on the miss path: one locked increment) -----
 
-    def count_miss(self, fill_queued: bool) -> None:
+    def count_miss(self, fill_queued: bool, pid: int | None = None) -> None:
+        """``pid``: the request worker that answered (S3CACHE_SIDECAR_WORKERS > 1); this process otherwise."""
         with self._miss_lock:
             self.misses["fill" if fill_queued else "redirect"] += 1
+            self.misses_by_pid[pid or os.getpid()] += 1
 
     # -- reading the sources ------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ class Collector:
             total, hour = self.traffic.total, self.traffic.last_hour(now)
             with self._miss_lock:
                 misses = {"fill": self.misses["fill"], "redirect": self.misses["redirect"]}
+                by_pid = {str(pid): n for pid, n in sorted(self.misses_by_pid.items())}
             snap = {
                 "version": SNAPSHOT_VERSION,
                 "generated_at": now,
@@ -202,6 +206,7 @@ class Collector:
                 "last_hour": self._period(hour, pending=None),
                 "series": self._series(now),
                 "sidecar_misses": misses,
+                "sidecar_workers": {"misses_by_pid": by_pid},  # which request worker answered them
                 "fills": fills,
                 "disk": self._disk(),
                 "evictor": self._evictor(),

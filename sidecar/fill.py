@@ -48,7 +48,8 @@ import urllib3
 from s3cache import entries, metadata, objectlock, sizelog
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
-from s3cache.ledger import CacheBytes, OverCap
+from s3cache.config import Config
+from s3cache.ledger import CacheBytes, OverCap, fill_limit
 from s3cache.redact import redact
 from sidecar import cors, hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
@@ -153,6 +154,17 @@ class Filler:
         # The latest fill the disk refused (ENOSPC, EIO, read-only ...), until a fill succeeds: health reports it.
         self.disk_failure: DiskFailure | None = None
 
+    @classmethod
+    def from_config(cls, config: "Config", layout: Layout, upstream: Upstream | None = None) -> "Filler":
+        return cls(layout, workers=config.fill_workers, timeout=config.fill_timeout,
+                   max_object_bytes=config.max_object_bytes, upstream=upstream,
+                   min_rate=config.fill_min_rate, cap=fill_limit(config.max_bytes, config.evict_high))
+
+    def running(self, delta: int) -> None:
+        """Fills a request worker runs itself (refreshes) count here too (``sidecar.backchannel``)."""
+        with self._lock:
+            self.in_progress += delta
+
     # -- scheduling -----------------------------------------------------------------
 
     def submit(self, ref: ObjectRef, url: str) -> bool:
@@ -216,6 +228,11 @@ class Filler:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def state(self) -> tuple[int, "DiskFailure | None"]:
+        """(fills running, the disk failure health reports): what ``sidecar.health`` needs."""
+        with self._lock:
+            return self.in_progress, self.disk_failure
 
     def stats(self) -> dict:
         """A consistent copy of the counters, for the status page and metrics (sidecar.collector)."""
@@ -294,10 +311,13 @@ class Filler:
         disk = None
         if reason in DISK_REASONS:
             disk = DiskFailure(reason, _describe(reason, exc), getattr(exc, "needed", 0), time.time())
-        with self._lock:  # the outcome itself is counted by _run (or warm's caller)
-            if disk is not None:
-                self.disk_failure = disk
+        if disk is not None:  # the outcome itself is counted by _run (or warm's caller)
+            self._disk_failed(disk)
         return FillResult("failed", reason)
+
+    def _disk_failed(self, disk: "DiskFailure") -> None:
+        with self._lock:
+            self.disk_failure = disk
 
     # -- one miss streamed to the client while it is cached (S3CACHE_MISS=stream) ---------
 

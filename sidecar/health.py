@@ -23,6 +23,7 @@ from s3cache import atomic
 from s3cache.config import Config
 from s3cache.layout import Layout
 from s3cache.usage import statvfs_usage
+from sidecar import processes
 from sidecar.fill import Filler
 
 _probe_lock = threading.Lock()
@@ -59,12 +60,16 @@ def health_report(config: Config, layout: Layout, filler: Filler) -> tuple[bool,
     except OSError:
         disk = None
         reasons.append("cannot read the cache disk's usage")
-    failure = getattr(filler, "disk_failure", None)
+    try:
+        in_progress, failure = filler.state()
+    except OSError as exc:  # S3CACHE_SIDECAR_WORKERS > 1: the fill process is down or stuck
+        in_progress, failure = None, None
+        reasons.append(f"fill process not answering: {exc}")
     if failure is not None and (failure.needed == 0 or disk is None or disk["available_bytes"] < failure.needed):
         what = "cache disk full" if failure.reason == "disk-full" else "cache disk error"
         reasons.append(f"{what}: a fill failed ({failure.detail})"
                        + (f"; it needs {failure.needed} bytes" if failure.needed else ""))
-    parts: dict = {"sidecar": {"status": "ok", "fills_in_progress": filler.in_progress}}
+    parts: dict = {"sidecar": {"status": "ok", "fills_in_progress": in_progress, **processes.report(layout)}}
     supervised = atomic.read_json(layout.parts_file) or {}
     for name, info in supervised.get("parts", {}).items():
         if name != "sidecar":

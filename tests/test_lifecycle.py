@@ -53,6 +53,20 @@ def part_pids(stack: Stack) -> dict[str, int]:
     return {name: info["pid"] for name, info in parts.items()}
 
 
+def sidecar_children(stack: Stack) -> dict[str, int]:
+    """The sidecar's request workers and fill process (run/sidecar.json), once all are named."""
+    def read():
+        try:
+            state = json.loads(stack.layout.sidecar_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not state.get("fill_pid") or len(state.get("worker_pids") or []) != state.get("workers"):
+            return None
+        return {"sidecar fill": state["fill_pid"],
+                **{f"sidecar worker {i}": pid for i, pid in enumerate(state["worker_pids"])}}
+    return wait_until(read, timeout=20, what="run/sidecar.json to name the sidecar's processes")
+
+
 def caddy_lines_with(log: str, text: str) -> list[str]:
     """Caddy's own log lines containing ``text`` (a pid in the supervisor's lines may contain anything)."""
     return [line for line in log.splitlines() if line.startswith("caddy ") and text in line]
@@ -72,6 +86,10 @@ def stacks():
         pids = []
         if s.layout.parts_file.exists():
             pids = [p for p in part_pids(s).values() if p]
+        try:
+            pids += json.loads(s.layout.sidecar_file.read_text()).get("worker_pids") or []
+        except (OSError, ValueError):
+            pass
         s.stop()
         kill_leftovers(pids)
 
@@ -93,9 +111,12 @@ def all_running(s: Stack) -> Stack:
 
 
 def test_sigkill_of_the_supervisor_leaves_no_part_running(stacks, tmp_path):
-    s = start(stacks, tmp_path)
+    s = start(stacks, tmp_path, S3CACHE_SIDECAR_WORKERS="2")
     pids = part_pids(s)
     assert set(pids) == {"sidecar", "caddy", "evictor"} and all(pids.values())
+    children = sidecar_children(s)  # the sidecar's own processes go too
+    assert len(children) == 3 and all(alive(pid) for pid in children.values())
+    pids.update(children)
     try:
         s.proc.send_signal(signal.SIGKILL)
         s.proc.wait(timeout=10)
@@ -109,8 +130,8 @@ def test_sigkill_of_the_supervisor_leaves_no_part_running(stacks, tmp_path):
 
 
 def test_sighup_stops_every_part_cleanly(stacks, tmp_path):
-    s = start(stacks, tmp_path)
-    pids = part_pids(s)
+    s = start(stacks, tmp_path, S3CACHE_SIDECAR_WORKERS="2")
+    pids = {**part_pids(s), **sidecar_children(s)}
     s.proc.send_signal(signal.SIGHUP)
     assert s.proc.wait(timeout=30) == 0
     for name, pid in pids.items():
@@ -270,6 +291,7 @@ def test_reload_applies_a_changed_env_file_without_dropping_a_connection(stacks,
     s.wait_healthy()
     all_running(s)
     before = part_pids(s)
+    children_before = sidecar_children(s)
     assert raw_request("PUT", s.url + "/bkt/k").headers["Location"] == NOWHERE + "/bkt/k"
 
     # A large cached object, downloaded slowly across the reload.
@@ -336,6 +358,10 @@ def test_reload_applies_a_changed_env_file_without_dropping_a_connection(stacks,
     after = part_pids(s)
     assert after["caddy"] == before["caddy"]  # reloaded in place, not restarted
     assert after["sidecar"] != before["sidecar"] and after["evictor"] != before["evictor"]
+    # The sidecar's own processes were replaced with it.
+    for name, pid in children_before.items():
+        wait_until(lambda: not alive(pid), timeout=15, what=f"the old {name} to stop")
+    assert set(sidecar_children(s).values()).isdisjoint(children_before.values())
     assert raw_request("PUT", s.url + "/bkt/k").headers["Location"] == "http://127.0.0.1:10/bkt/k"  # Caddy's
     assert raw_request("GET", s.url + "/bkt/missing").headers["Location"] == "http://127.0.0.1:10/bkt/missing"
 

@@ -162,7 +162,7 @@ class OriginApp:
         method = environ["REQUEST_METHOD"].upper()
         key = decoded_path(raw_path)
         record = self.stats.begin(method=method, path=raw_path, query=raw_query, key=key,
-                                  auth=None, headers=headers)
+                                  auth=None, headers=headers, peer_port=environ.get("REMOTE_PORT"))
 
         auth, denial = self._authorize(method, signed_path, raw_query, headers, key, vhost_bucket)
         self.stats.update(record, auth=auth)
