@@ -75,7 +75,14 @@ def main() -> int:
 
     log.info("listening on %s (%d workers and a fill process), upstream %s, cache %s",
              listen, config.sidecar_workers, config.upstream, config.dir)
-    return processes.Master(config, layout, fill_main, worker_main).run()
+    def fill_ready() -> bool:
+        try:
+            backchannel.BackLink(name).query("fills", 0.5)
+            return True
+        except OSError:
+            return False
+
+    return processes.Master(config, layout, fill_main, worker_main, fill_ready).run()
 
 
 if __name__ == "__main__":

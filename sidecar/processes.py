@@ -46,6 +46,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0
 STOP_GRACE = 8.0  # below the supervisor's 10 s: the children are ours to stop, not its to kill
+FILL_READY_TIMEOUT = 15.0  # seconds the workers wait for the fill process at start
 _PR_SET_PDEATHSIG = 1
 
 
@@ -93,8 +94,9 @@ class Master:
     """Fork the fill process and the request workers, re-fork the fallen, stop them all on a signal."""
 
     def __init__(self, config: Config, layout: Layout, fill_main: Callable[[], None],
-                 worker_main: Callable[[], None]):
+                 worker_main: Callable[[], None], fill_ready: Callable[[], bool] | None = None):
         self.config, self.layout = config, layout
+        self.fill_ready = fill_ready
         self.roles: dict[str, Callable[[], None]] = {"fill": fill_main}
         for i in range(config.sidecar_workers):
             self.roles[f"worker-{i}"] = worker_main
@@ -145,6 +147,8 @@ class Master:
         try:
             for role in self.roles:  # the fill process first: workers hand it jobs from their first miss
                 self._fork(role)
+                if role == "fill":
+                    self._wait_fill_ready()
             self._write_state()
             while True:
                 pid, status = os.wait()
@@ -155,6 +159,20 @@ class Master:
             pass
         self._stop_all()
         return 0
+
+    def _wait_fill_ready(self) -> None:
+        """Until the fill process answers (bounded): a worker's first health check must not find it missing.
+
+        Connections wait in the socket's queue meanwhile, so a (re)started sidecar answers late, never 503.
+        """
+        if self.fill_ready is None:
+            return
+        deadline = time.monotonic() + FILL_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.fill_ready():
+                return
+            time.sleep(0.02)
+        log.warning("the fill process did not answer within %.0fs; starting the workers anyway", FILL_READY_TIMEOUT)
 
     def _fallen(self, pid: int, status: int) -> None:
         role = self.children.pop(pid, None)
