@@ -51,7 +51,7 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from s3cache.httpdate import parse_http_date
 
-__all__ = ["Verdict", "header_signed", "verify_header_signed", "verify_presigned"]
+__all__ = ["Verdict", "canonical_target", "header_signed", "verify_header_signed", "verify_presigned"]
 
 log = logging.getLogger("sidecar.signatures")
 
@@ -554,6 +554,20 @@ def _uri_encode(data: bytes) -> bytes:
     if not data.rstrip(_UNRESERVED):
         return data
     return quote_from_bytes(data, safe="").encode("ascii")
+
+
+def canonical_target(raw_path: str, raw_query: str) -> str:
+    """The request target in S3's canonical encoding, naming what the raw one names for S3.
+
+    The path decoded once and every byte but the unreserved ones and ``/``
+    encoded; each query pair the same way, in the client's order.  A signer
+    that signs the target as written (botocore) then signs what S3 computes.
+    """
+    target = _v4_canonical_uri(raw_path)
+    pairs = [_uri_encode(name) + b"=" + _uri_encode(value or b"") for name, _, value in _Query(raw_query).pairs]
+    if pairs:
+        target += b"?" + b"&".join(pairs)
+    return target.decode("ascii")
 
 
 @functools.lru_cache(maxsize=256)
