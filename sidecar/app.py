@@ -26,6 +26,8 @@ from sidecar.fill import Filler
 from sidecar.miss import MissPlan, plan_miss
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
+from sidecar.sdk import SDK
+from sidecar.signatures import header_signed
 from sidecar.upstream import Upstream
 
 log = logging.getLogger("sidecar")
@@ -52,7 +54,8 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
     stream_slots = threading.BoundedSemaphore(config.stream_max)
     status = Status(config, layout, filler, admission)  # the collector behind the page, metrics and stats
-    app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
+    sdk = SDK(config, layout, filler, upstream, admission, status)  # requests signed in the Authorization header
+    app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream, sdk=sdk))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
 
     @app.before_request
@@ -73,6 +76,10 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
         return answer_miss(raw_uri)
 
     def answer_miss(raw_uri: str) -> Response:
+        if header_signed(request.headers):
+            # An SDK with the proxy as its endpoint: never redirected (botocore would follow a 307 as a region
+            # redirect, over and over); its signature is checked and S3 is asked with the proxy's own.
+            return sdk.handle(request.method, raw_uri, request.headers, client_host(), request.environ)
         try:
             plan = plan_miss(request.method, raw_uri, request.headers, config, layout, host=client_host())
         except BadRequest as exc:

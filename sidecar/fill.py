@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import http.client
 
@@ -72,6 +72,10 @@ class FillFailed(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+# The headers of a request to S3, made as it goes out: (method, url) -> headers.
+Signing = Callable[[str, str], Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -225,19 +229,35 @@ class Filler:
 
     # -- one fill ---------------------------------------------------------------------
 
-    def fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None) -> FillResult:
+    def fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None,
+             sign: "Signing | None" = None) -> FillResult:
         """Fetch ``url`` into the cache entry for ``ref``; synchronous.
 
         With ``response`` (an open 200 for ``url``), its body replaces whatever
         is cached: that is how a stale entry is refreshed without a second fetch.
+        ``sign``: the headers to send, made when the request goes out (the
+        proxy's own signature, for SDK clients: ``sidecar.sdk``).
         """
         try:
-            return self._fill(ref, url, response)
+            return self._fill(ref, url, response, sign)
         finally:
             if response is not None:
                 response.close()
 
-    def _fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None) -> FillResult:
+    def fill_now(self, ref: ObjectRef, url: str, sign: "Signing | None" = None) -> FillResult:
+        """A fill a client waits for (an SDK's ranged miss), counted like a background one."""
+        with self._lock:
+            self.in_progress += 1
+        try:
+            result = self.fill(ref, url, sign=sign)
+        finally:
+            with self._lock:
+                self.in_progress -= 1
+        self._record(result)
+        return result
+
+    def _fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None,
+              sign: "Signing | None" = None) -> FillResult:
         started = time.monotonic()
         replace = response is not None
         final = str(self.layout.object_path(ref))
@@ -259,7 +279,7 @@ class Filler:
                 return FillResult("cached")
             os.ftruncate(fd, 0)
             if resp is None:
-                resp = self._get(url)
+                resp = self._get(url, sign)
             expected, md5 = self._check(resp)
             out = _CacheFile(fd, expected, md5)
             try:
@@ -301,7 +321,7 @@ class Filler:
 
     # -- one miss streamed to the client while it is cached (S3CACHE_MISS=stream) ---------
 
-    def stream(self, ref: ObjectRef, url: str) -> "StreamedMiss | None":
+    def stream(self, ref: ObjectRef, url: str, sign: "Signing | None" = None) -> "StreamedMiss | None":
         """Fetch ``url`` once for both the client and the cache; None: redirect instead.
 
         None when another fill of ``ref`` holds the lock (its bytes cannot be
@@ -325,7 +345,7 @@ class Filler:
                 os.close(fd)
                 return None
             os.ftruncate(fd, 0)
-            resp = self._get(url)
+            resp = self._get(url, sign)
             if resp.status == 200:
                 headers = _lower_headers(resp)
                 try:
@@ -359,8 +379,10 @@ class Filler:
 
     # -- the steps every fill shares ----------------------------------------------------
 
-    def _get(self, url: str) -> urllib3.BaseHTTPResponse:
-        return self.upstream.request("GET", url, connect_timeout=self.timeout, read_timeout=self.timeout)
+    def _get(self, url: str, sign: "Signing | None" = None) -> urllib3.BaseHTTPResponse:
+        headers = sign("GET", url) if sign is not None else None
+        return self.upstream.request("GET", url, headers=headers, connect_timeout=self.timeout,
+                                     read_timeout=self.timeout)
 
     def _check(self, resp: urllib3.BaseHTTPResponse) -> tuple[int, str | None]:
         """(expected length, expected MD5 or None) of a response we may cache; FillFailed if not."""

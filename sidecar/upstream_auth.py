@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Mapping
 
 from s3cache.config import Config
@@ -31,6 +32,7 @@ log = logging.getLogger("sidecar.upstream_auth")
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 DEFAULT_REGION = "us-east-1"
+RETRY_SECONDS = 30.0
 # What botocore adds to a signed request: replaced, never doubled, when the caller's headers hold them.
 SIGNATURE_HEADERS = ("authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token")
 
@@ -45,11 +47,16 @@ class UpstreamSigner:
         self._lock = threading.Lock()
         self._credentials = None
         self._region: str | None = None
+        self._retry_at = float("-inf")
 
     def _resolve(self):
         with self._lock:
             if self._credentials is not None:
                 return self._credentials, self._region
+            # The chain may ask the network (an instance role): after finding nothing, not again at once.
+            if time.monotonic() < self._retry_at:
+                raise NoCredentials()
+            self._retry_at = time.monotonic() + RETRY_SECONDS
             import botocore.session
             from botocore.credentials import Credentials
 

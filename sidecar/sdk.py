@@ -1,0 +1,341 @@
+"""SDK clients: requests signed in the ``Authorization`` header (boto3, the aws CLI, ... with the proxy
+as their ``endpoint_url``).
+
+Such a request was signed for the proxy's host: it can neither be redirected (botocore follows a 307
+from its endpoint as a region redirect, again and again) nor replayed to S3.  So, whatever
+S3CACHE_ACCESS says:
+
+- its signature is checked here, against S3CACHE_SIGNING_KEYS (``signatures.verify_header_signed``);
+- reads are answered, never redirected: a hit from disk (Caddy's file_server after ``check_hit``, the
+  Caddyfile's hit_checked route; or by us, for a ranged miss we have just filled); a GetObject miss
+  streamed through while it is cached (``Filler.stream``: one origin GET serves the miss and every later
+  hit); a ranged miss filled whole first (``Filler.fill_now``, concurrent ranges waiting for that one
+  fill) and then served from disk; conditional misses, HeadObject misses, ListObjects(V2), HeadBucket and
+  GetBucketLocation relayed uncached, S3's status, headers and body as they come;
+- what reaches S3 is the proxy's own request, signed with its own credentials (``upstream_auth``) for
+  exactly the target ``upstream`` sends (S3's canonical spelling of the client's);
+- anything else is one S3 XML error (``NotImplemented``), unless S3CACHE_SDK_WRITES=passthrough relays
+  it re-signed (and a successful write or delete of a key then drops its cached copy);
+- without signing keys or credentials of the proxy's own, one S3 XML error naming the setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Iterator, Mapping
+
+from flask import Response
+from werkzeug.http import parse_range_header
+
+from s3cache import entries, metadata
+from s3cache.addressing import Resolved
+from s3cache.config import Config
+from s3cache.httpdate import format_http_date
+from s3cache.layout import Layout, Uncacheable
+from s3cache.request_path import BadRequest
+from s3cache.wire import SERVED_HEADER
+from sidecar import hit_headers
+from sidecar.access import HitRequest, allow, deny, serves_object
+from sidecar.admission import Admission
+from sidecar.fill import Filler
+from sidecar.miss import MissPlan
+from sidecar.s3errors import error_response
+from sidecar.signatures import canonical_target, verify_header_signed
+from sidecar.status import Status
+from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, done, sendable_url
+from sidecar.upstream_auth import UNSIGNED_PAYLOAD, NoCredentials, UpstreamSigner
+
+log = logging.getLogger("sidecar.sdk")
+
+CHUNK = 1 << 16
+CONDITIONALS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+# Request headers S3 reads that go on to it (x-amz-* too, but for the client's own signature's).
+FORWARDED = ("range", *CONDITIONALS, "content-type", "content-length", "content-md5", "content-encoding",
+             "content-disposition", "content-language", "cache-control", "expires")
+OWN_SIGNATURE = ("x-amz-date", "x-amz-content-sha256", "x-amz-security-token")
+# Response headers that describe one hop, not S3's answer.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-authenticate",
+                        "proxy-authorization", "te", "trailer", "upgrade", "server", "date"})
+# Bucket-level reads that pass through: ListObjects(V2) and their paginators' parameters, GetBucketLocation.
+BUCKET_READS = frozenset({"list-type", "prefix", "delimiter", "continuation-token", "start-after", "max-keys",
+                          "encoding-type", "fetch-owner", "marker", "location", "x-id"})
+# Object-level parameters of a plain GetObject / HeadObject (others name another operation).
+OBJECT_READS = frozenset({"x-id", "response-cache-control", "response-content-disposition",
+                          "response-content-encoding", "response-content-language", "response-content-type",
+                          "response-expires"})
+# Object reads that pass through uncached (another version, one part of a multipart object).
+UNCACHED_READS = frozenset({"versionId", "partNumber"})
+RELAY_TIMEOUT = 60.0
+
+NO_KEYS = ("This cache answers requests signed in the Authorization header (SDK clients with the cache as "
+           "endpoint_url) only for the access keys in S3CACHE_SIGNING_KEYS (or S3CACHE_SIGNING_KEYS_FILE), "
+           "and none is set.")
+NO_CREDENTIALS = ("This cache answers SDK clients (requests signed in the Authorization header) only with S3 "
+                  "credentials of its own, and has none: set S3CACHE_UPSTREAM_ACCESS_KEY_ID and "
+                  "S3CACHE_UPSTREAM_SECRET_ACCESS_KEY (or the standard AWS_* variables or credentials file).")
+
+
+def _names(raw_query: str) -> set[str]:
+    from urllib.parse import unquote
+    return {unquote(p.partition("=")[0]) for p in raw_query.split("&") if p}
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+class SDK:
+    def __init__(self, config: Config, layout: Layout, filler: Filler, upstream: Upstream,
+                 admission: Admission, status: Status):
+        self.config, self.layout, self.filler, self.upstream = config, layout, filler, upstream
+        self.admission, self.status = admission, status
+        self.signer = UpstreamSigner(config)
+
+    # -- who may ask ------------------------------------------------------------------
+
+    def _authenticate(self, method: str, raw_uri: str, headers: Mapping[str, str],
+                      host: str) -> tuple[Resolved | None, Response | None]:
+        if not self.config.keys():
+            return None, error_response(403, "AccessDenied", NO_KEYS)
+        if not self.signer.available():
+            return None, error_response(403, "AccessDenied", NO_CREDENTIALS)
+        try:
+            resolved = self.config.addressing.resolve(host, raw_uri)
+        except BadRequest as exc:
+            return None, error_response(exc.status, exc.code, exc.message)
+        parsed = resolved.parsed
+        verdict = verify_header_signed(method, parsed.raw_path, parsed.raw_query, host, headers, self.config.keys(),
+                                       bucket=parsed.bucket if resolved.virtual else None)
+        if not verdict.ok:
+            return None, error_response(verdict.status, verdict.code, verdict.message, parsed.raw_path)
+        return resolved, None
+
+    def check_hit(self, hit: HitRequest) -> Response:
+        """Caddy's question before it serves a cached file to a header-signed request (hit_checked)."""
+        resolved, refused = self._authenticate(hit.method, hit.raw_uri, hit.headers, hit.host)
+        if refused is not None:
+            refused.headers["X-Cache"] = "DENIED"
+            return refused
+        ref = resolved.parsed.ref
+        try:
+            relative = self.layout.relative_path(ref)
+        except Uncacheable:
+            return deny(403, "AccessDenied", "Access Denied")
+        if not serves_object(hit.headers.get(SERVED_HEADER), relative):
+            return deny(403, "AccessDenied", "Access Denied")
+        # The signature covers the query: its response-* overrides are the client's to ask for.
+        return allow(hit, ref, self.layout)
+
+    # -- everything Caddy did not serve from disk ------------------------------------
+
+    def handle(self, method: str, raw_uri: str, headers: Mapping[str, str], host: str, environ: dict) -> Response:
+        resolved, refused = self._authenticate(method, raw_uri, headers, host)
+        if refused is not None:
+            return refused
+        parsed = resolved.parsed
+        names = _names(parsed.raw_query)
+        base = resolved.upstream_url[: len(resolved.upstream_url) - len(raw_uri)]
+        url = base + canonical_target(parsed.raw_path, parsed.raw_query)
+        try:
+            if parsed.key and method in ("GET", "HEAD") and names <= OBJECT_READS | UNCACHED_READS:
+                if method == "GET" and not names & UNCACHED_READS:
+                    return self._get_object(resolved, url, headers, environ)
+                return self._relay(method, url, headers)
+            if not parsed.key and method in ("GET", "HEAD") and names <= BUCKET_READS:
+                return self._relay(method, url, headers)
+            if self.config.sdk_writes == "passthrough":
+                return self._passthrough(method, resolved, url, headers, environ)
+        except NoCredentials:
+            return error_response(403, "AccessDenied", NO_CREDENTIALS)
+        return error_response(501, "NotImplemented",
+                              f"This cache serves reads (GetObject, HeadObject, ListObjects, HeadBucket, "
+                              f"GetBucketLocation) to SDK clients; {method} {'with ?' + ','.join(sorted(names)) if names else 'of this resource'} "
+                              "is not passed to S3 unless S3CACHE_SDK_WRITES=passthrough.", parsed.raw_path)
+
+    def _sign(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+              payload: str = UNSIGNED_PAYLOAD) -> dict[str, str]:
+        """The request to S3: the client's headers S3 reads, signed by the proxy."""
+        sent = {}
+        for name, value in (headers or {}).items():
+            lname = name.lower()
+            if lname in FORWARDED or (lname.startswith("x-amz-") and lname not in OWN_SIGNATURE):
+                sent[name] = value
+        return self.signer.sign(method, url, sent, payload)
+
+    # -- GetObject ----------------------------------------------------------------------
+
+    def _get_object(self, resolved: Resolved, url: str, headers: Mapping[str, str], environ: dict) -> Response:
+        parsed = resolved.parsed
+        ref = parsed.ref
+        lheaders = _lower(headers)
+        try:
+            final = str(self.layout.object_path(ref))
+        except Uncacheable as exc:
+            return self._relay("GET", url, headers, why=f"uncacheable key: {exc}")
+        if parsed.literal_plus or not sendable_url(url):
+            return self._relay("GET", url, headers, why="the key cannot be named to S3 unchanged")
+        if "if-none-match" in lheaders or "if-modified-since" in lheaders:
+            # The client most likely holds the object: S3's 304 costs no body, a fill the whole of it.
+            return self._relay("GET", url, headers, why="revalidating miss")
+        ranged = "range" in lheaders
+        # If-Match / If-Unmodified-Since (s3transfer's ranged downloads send If-Match): judged against
+        # the filled object, like a Range, so that it is filled (once) and answered from disk.
+        whole_first = ranged or "if-match" in lheaders or "if-unmodified-since" in lheaders
+        if ranged and not self.config.fill_on_range:
+            return self._relay("GET", url, headers, why="range (S3CACHE_FILL_ON_RANGE=off)")
+        if os.path.isfile(final):  # filled since Caddy looked
+            return self._serve_cached(resolved, headers, "HIT") or self._relay("GET", url, headers)
+        if not self.admission.admit(ref):
+            self.status.count_miss(MissPlan(url, None, "not admitted"))
+            return self._relay("GET", url, headers, why=f"not admitted (S3CACHE_ADMIT={self.config.admit})")
+        self.status.count_miss(MissPlan(url, ref))
+        sign = self._sign  # signed as each request goes out: (method, url) -> headers
+        if not whole_first:
+            streamed = self.filler.stream(ref, url, sign=sign)
+            if streamed is not None:
+                resp = Response(streamed.body, status=streamed.status, headers=streamed.headers)
+                if "Content-Type" not in streamed.headers:
+                    del resp.headers["Content-Type"]
+                resp.headers["X-Cache"] = "MISS"
+                return resp
+        else:
+            result = self.filler.fill_now(ref, url, sign=sign)
+            if result.outcome == "failed":
+                return self._relay("GET", url, headers, why=f"fill failed: {result.reason}")
+        # Cached now, or being cached by another request: served from disk once it is there.
+        if self._await_cached(final):
+            served = self._serve_cached(resolved, headers, "MISS")
+            if served is not None:
+                return served
+        return self._relay("GET", url, headers, why="another fill did not finish in time")
+
+    def _await_cached(self, final: str) -> bool:
+        deadline = time.monotonic() + self.config.fill_timeout
+        while not os.path.isfile(final):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _serve_cached(self, resolved: Resolved, headers: Mapping[str, str], x_cache: str) -> Response | None:
+        """The cached object as S3 would answer this GET (Range, conditionals, response-*); None if it is gone."""
+        ref = resolved.parsed.ref
+        try:
+            fh = open(self.layout.object_path(ref), "rb")
+        except OSError:
+            return None
+        st = os.fstat(fh.fileno())
+        answer = hit_headers.answer("GET", headers, metadata.load_headers(self.layout, ref),
+                                    resolved.parsed.raw_query, st.st_mtime)
+        out = dict(answer.headers)
+        if answer.status != 204:
+            fh.close()
+            resp = Response(status=answer.status, headers=out)
+            del resp.headers["Content-Type"]
+            resp.headers["X-Cache"] = x_cache
+            return resp
+        size, start, stop, status = st.st_size, 0, st.st_size, 200
+        wanted = parse_range_header(out.pop(hit_headers.RANGE, None))
+        if wanted is not None and len(wanted.ranges) == 1:  # several ranges: S3 sends the whole object
+            bounds = wanted.range_for_length(size)
+            if bounds is None:
+                fh.close()
+                resp = error_response(416, "InvalidRange", "The requested range is not satisfiable")
+                resp.headers["Content-Range"] = f"bytes */{size}"
+                return resp
+            (start, stop), status = bounds, 206
+            out["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        out.setdefault("Content-Type", hit_headers.OCTET_STREAM)
+        out["Last-Modified"] = format_http_date(st.st_mtime)
+        out["Content-Length"] = str(stop - start)
+        out["Accept-Ranges"] = "bytes"
+        out["X-Cache"] = x_cache
+        return Response(_FileRange(fh, start, stop), status=status, headers=out, direct_passthrough=True)
+
+    # -- relayed as they are ------------------------------------------------------------
+
+    def _relay(self, method: str, url: str, headers: Mapping[str, str], *, why: str = "", body=None,
+               payload: str = UNSIGNED_PAYLOAD) -> Response:
+        if why:
+            log.debug("relayed uncached (%s)", why)
+        try:
+            resp = self.upstream.request(method, url, headers=self._sign(method, url, headers, payload),
+                                         connect_timeout=RELAY_TIMEOUT, read_timeout=RELAY_TIMEOUT, body=body)
+        except Unsendable as exc:
+            log.info("cannot relay an SDK request: %s", exc)
+            return error_response(400, "InvalidRequest", "This request cannot be sent to S3 unchanged.")
+        except Unreachable as exc:
+            log.warning("S3 unreachable for an SDK request: %s", exc)
+            resp = error_response(503, "ServiceUnavailable", "Could not reach S3; please retry.")
+            resp.headers["Retry-After"] = "5"
+            return resp
+        relayed = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
+        if method == "HEAD" or resp.status in (204, 304):
+            done(resp)
+            out = Response(b"", status=resp.status)
+        else:
+            out = Response(_Relayed(resp), status=resp.status, direct_passthrough=True)
+        del out.headers["Content-Type"]
+        del out.headers["Content-Length"]  # S3's own, below (a HEAD's names the object's size)
+        for name, value in relayed:
+            out.headers.add(name, value)
+        out.headers["X-Cache"] = "MISS"
+        return out
+
+    def _passthrough(self, method: str, resolved: Resolved, url: str, headers: Mapping[str, str],
+                     environ: dict) -> Response:
+        lheaders = _lower(headers)
+        claimed = lheaders.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
+        if claimed.startswith("STREAMING-") and claimed != "STREAMING-UNSIGNED-PAYLOAD-TRAILER":
+            # Each chunk carries a signature chained from the client's: it cannot be re-signed in passing.
+            return error_response(501, "NotImplemented", "Uploads with signed chunks (STREAMING-AWS4-HMAC-SHA256-"
+                                                         "PAYLOAD) are not passed through; disable chunked signing.")
+        # The client's body hash, when it gave one, goes on to S3, which checks the body against it.
+        body = environ["wsgi.input"] if method in ("PUT", "POST") else None
+        resp = self._relay(method, url, headers, body=body, payload=claimed)
+        key = resolved.parsed.key
+        if key and 200 <= resp.status_code < 300 and method in ("PUT", "POST", "DELETE"):
+            removal = entries.remove(self.layout, resolved.parsed.ref, wait=entries.DEFAULT_WAIT, why="sdk-write")
+            if removal.outcome not in ("removed", "absent"):
+                log.warning("kept %s after an SDK write: %s (%s)", resolved.parsed.ref.name, removal.outcome,
+                            removal.detail)
+        return resp
+
+
+class _Relayed:
+    """S3's body as it arrives; the connection is given back (or closed) when the server closes us."""
+
+    def __init__(self, resp):
+        self.resp = resp
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while chunk := self.resp.read1(CHUNK, decode_content=False):
+                yield chunk
+        except READ_ERRORS as exc:  # the client gets a short body, as from S3 itself
+            log.warning("relaying an SDK response cut: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        done(self.resp)
+
+
+class _FileRange:
+    """Bytes [start, stop) of an open file, closed when the server closes us."""
+
+    def __init__(self, fh, start: int, stop: int):
+        self.fh, self.start, self.stop = fh, start, stop
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.fh.seek(self.start)
+        left = self.stop - self.start
+        while left > 0:
+            chunk = self.fh.read(min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.fh.close()
