@@ -235,3 +235,51 @@ def test_aws_cli(origin, sdk_stack, tmp_path):
     assert b'"ContentRange": "bytes 10-29/' in ranged.stdout
 
     assert len(origin_requests(origin, key, "GET")) == 1
+
+
+def test_sigv2_clients_too(origin, sdk_stack):
+    key = "v2/object.txt"
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"signed the old way")
+    s3 = client(sdk_stack, signature_version="s3")
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"signed the old way"
+    sdk_stack.wait_cached(BUCKET, key)
+    hit = s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=7-9")
+    assert (hit["Body"].read(), x_cache(hit)) == (b"the", "HIT")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="v2/")["Contents"]] == [key]
+    with pytest.raises(ClientError) as refused:
+        client(sdk_stack, secret="wrong", signature_version="s3").get_object(Bucket=BUCKET, Key=key)
+    assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
+def test_an_authorization_header_never_gets_a_redirect_nor_unchecked_bytes(origin, make_stack):
+    """Whatever the method, path form or Authorization value: no 3xx, and a cached object's bytes only
+    for a valid signature -- even with S3CACHE_ACCESS=open, where Caddy serves other hits unchecked."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.stack import raw_request
+
+    stack = make_stack(**SDK_ENV, S3CACHE_ACCESS="open")
+    key = "guard/secret.txt"
+    secret_body = b"cached and private " * 10
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=secret_body)
+    client(stack).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    stack.wait_cached(BUCKET, key)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"]),
+           target=st.sampled_from([f"/{BUCKET}/{key}", f"/{BUCKET}/{key}?acl", f"/{BUCKET}/{key}?x-id=GetObject",
+                                   f"/{BUCKET}//{key}", f"/{BUCKET}/guard/../{key}", f"/{BUCKET}/", f"/{BUCKET}",
+                                   f"/{BUCKET}/guard/missing.txt", f"/{BUCKET}/{key}?versionId=1"]),
+           auth=st.sampled_from(["", "AWS x:y", "Bearer token", "AWS4-HMAC-SHA256 garbage",
+                                 f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_1}/20260101/us-east-1/s3/aws4_request, "
+                                 "SignedHeaders=host, Signature=00"]))
+    def check(method, target, auth):
+        resp = raw_request(method, stack.url + target, headers={"Authorization": auth})
+        assert not 300 <= resp.status_code < 400, (resp.status_code, resp.headers)
+        assert secret_body not in resp.content
+        assert resp.headers.get("X-Cache") != "HIT"
+        if method != "HEAD":
+            assert resp.content.startswith(b"<?xml"), resp.content[:200]
+
+    check()
