@@ -283,3 +283,26 @@ def test_an_authorization_header_never_gets_a_redirect_nor_unchecked_bytes(origi
             assert resp.content.startswith(b"<?xml"), resp.content[:200]
 
     check()
+
+
+def test_through_the_front_tier(origin, make_stack, tmp_path):
+    from tests.stack import FrontStack, wait_until
+
+    nodes = [make_stack(**SDK_ENV) for _ in range(2)]
+    front = FrontStack(tmp_path / "front", origin.url, nodes, **SDK_ENV).start()
+    try:
+        key = "front/object.txt"
+        origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"sharded")
+        s3 = client(front)
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"sharded"
+        holders = wait_until(lambda: [n for n in nodes if n.object_file(BUCKET, key).is_file()], what="a node's copy")
+        assert len(holders) == 1
+        hit = s3.get_object(Bucket=BUCKET, Key=key)
+        assert (hit["Body"].read(), x_cache(hit)) == (b"sharded", "HIT")
+        sent: list[str] = []
+        with pytest.raises(ClientError) as refused:
+            client(front, requests=sent).put_object(Bucket=BUCKET, Key=key, Body=b"new")
+        assert refused.value.response["Error"]["Code"] == "NotImplemented"
+        assert sent == ["PUT"]
+    finally:
+        front.stop()
