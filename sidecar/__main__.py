@@ -30,8 +30,9 @@ def main() -> int:
     listen = config.sidecar_listen
     logging.getLogger("sidecar").info("listening on %s, upstream %s, cache %s", listen, config.upstream, config.dir)
     # Misses answer in microseconds; threads cover slow clients, not slow work.  Streamed
-    # misses do hold a thread each: they get S3CACHE_STREAM_MAX threads on top of the rest.
-    threads = BASE_THREADS + (config.stream_max if config.miss == "stream" else 0)
+    # misses (and SDK clients' requests, with signing keys: sidecar/sdk.py) do hold a thread each: they get
+    # S3CACHE_STREAM_MAX threads on top of the rest.
+    threads = BASE_THREADS + (config.stream_max if config.miss == "stream" or config.keys() else 0)
     serve(app, host=listen.host, port=listen.port, threads=threads, ident="s3cache-sidecar",
           channel_timeout=30, clear_untrusted_proxy_headers=True)
     return 0

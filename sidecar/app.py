@@ -54,7 +54,7 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
     # S3CACHE_STREAM_MAX of them, so hits, access checks and health never wait behind streams.
     stream_slots = threading.BoundedSemaphore(config.stream_max)
     status = Status(config, layout, filler, admission)  # the collector behind the page, metrics and stats
-    sdk = SDK(config, layout, filler, upstream, admission, status)  # requests signed in the Authorization header
+    sdk = SDK(config, layout, filler, upstream, admission, status, stream_slots)  # requests signed in the Authorization header
     app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream, sdk=sdk))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Iterator, Mapping
 
@@ -88,9 +89,9 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 
 class SDK:
     def __init__(self, config: Config, layout: Layout, filler: Filler, upstream: Upstream,
-                 admission: Admission, status: Status):
+                 admission: Admission, status: Status, slots: threading.BoundedSemaphore):
         self.config, self.layout, self.filler, self.upstream = config, layout, filler, upstream
-        self.admission, self.status = admission, status
+        self.admission, self.status, self.slots = admission, status, slots
         self.signer = UpstreamSigner(config)
 
     # -- who may ask ------------------------------------------------------------------
@@ -134,6 +135,23 @@ class SDK:
         resolved, refused = self._authenticate(method, raw_uri, headers, host)
         if refused is not None:
             return refused
+        # What follows holds a server thread for as long as S3 and the client take (a stream, a relayed
+        # body, a wait for a fill): S3CACHE_STREAM_MAX at once, shared with stream mode, so hits, access
+        # checks and health keep threads of their own. Beyond it, S3's own answer to a burst, which SDKs retry.
+        if not self.slots.acquire(blocking=False):
+            busy = error_response(503, "SlowDown", "Please reduce your request rate.")
+            busy.headers["Retry-After"] = "1"
+            return busy
+        try:
+            resp = self._handle(method, raw_uri, resolved, headers, environ)
+        except BaseException:
+            self.slots.release()
+            raise
+        resp.call_on_close(self.slots.release)
+        return resp
+
+    def _handle(self, method: str, raw_uri: str, resolved: Resolved, headers: Mapping[str, str],
+                environ: dict) -> Response:
         parsed = resolved.parsed
         names = _names(parsed.raw_query)
         base = resolved.upstream_url[: len(resolved.upstream_url) - len(raw_uri)]

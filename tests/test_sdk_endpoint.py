@@ -63,8 +63,11 @@ def x_cache(response) -> str:
     return response["ResponseMetadata"]["HTTPHeaders"].get("x-cache", "")
 
 
-def test_get_object_miss_streams_and_fills_then_hits_come_from_disk(origin, sdk_stack):
-    key = "get/report.csv"
+@pytest.mark.parametrize("access", ["revalidate", "verify", "open"])
+def test_get_object_miss_streams_and_fills_then_hits_come_from_disk(origin, make_stack, access):
+    """Whatever S3CACHE_ACCESS says: the client's signature is what is checked."""
+    sdk_stack = make_stack(**SDK_ENV, S3CACHE_ACCESS=access)
+    key = f"get/{access}/report.csv"
     body = os.urandom(300_000)
     origin.s3().put_object(Bucket=BUCKET, Key=key, Body=body, ContentType="text/csv")
     origin.reset()
