@@ -168,9 +168,10 @@ class SDK:
         except NoCredentials:
             return error_response(403, "AccessDenied", NO_CREDENTIALS)
         return error_response(501, "NotImplemented",
-                              f"This cache serves reads (GetObject, HeadObject, ListObjects, HeadBucket, "
-                              f"GetBucketLocation) to SDK clients; {method} {'with ?' + ','.join(sorted(names)) if names else 'of this resource'} "
-                              "is not passed to S3 unless S3CACHE_SDK_WRITES=passthrough.", parsed.raw_path)
+                              f"This cache serves SDK clients reads only (GetObject, HeadObject, ListObjects, "
+                              f"HeadBucket, GetBucketLocation): {method} of this resource"
+                              f"{' (?' + '&'.join(sorted(names)) + ')' if names else ''} is not passed to S3 "
+                              "unless S3CACHE_SDK_WRITES=passthrough.", parsed.raw_path)
 
     def _sign(self, method: str, url: str, headers: Mapping[str, str] | None = None,
               payload: str = UNSIGNED_PAYLOAD) -> dict[str, str]:

@@ -198,3 +198,14 @@ def test_any_key_botocore_signs_verifies(key, version):
     s = sent("get_object", version, Bucket=BUCKET, Key=key)
     assert s.verify().ok, s
     assert s.verify(raw_path=s.raw_path + "x").code == "SignatureDoesNotMatch"
+
+
+@settings(max_examples=200, deadline=None)
+@given(auth=st.one_of(st.text(max_size=200), st.builds(lambda a, b: f"AWS4-HMAC-SHA256 {a}", st.text(max_size=120), st.none()),
+                      st.builds(lambda a: f"AWS {a}", st.text(max_size=60))),
+       extra=st.dictionaries(st.sampled_from(["x-amz-date", "date", "x-amz-content-sha256", "host", "x-amz-meta-a"]),
+                             st.text(max_size=40), max_size=4),
+       path=st.text(max_size=30), query=st.text(max_size=30), now=st.floats(allow_nan=True, allow_infinity=True))
+def test_attacker_controlled_input_never_raises_nor_passes(auth, extra, path, query, now):
+    v = verify_header_signed("GET", "/" + path, query, "h", {"Authorization": auth, **extra}, KEYS, now=now)
+    assert not v.ok and v.status in (400, 403) and v.code
