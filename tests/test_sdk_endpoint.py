@@ -309,3 +309,26 @@ def test_through_the_front_tier(origin, make_stack, tmp_path):
         assert sent == ["PUT"]
     finally:
         front.stop()
+
+
+def test_the_access_log_holds_no_signature_nor_session_token(origin, sdk_stack):
+    from tests.stack import wait_until
+
+    key = "logged/object.txt"
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"logged")
+    signatures: list[str] = []
+    s3 = boto3.client("s3", endpoint_url=sdk_stack.url, region_name="us-east-1", aws_access_key_id=ACCESS_KEY_1,
+                      aws_secret_access_key=SECRET_KEY_1, aws_session_token="session-token-SECRET",
+                      config=Config(s3={"addressing_style": "path"}))
+    s3.meta.events.register("before-send.s3", lambda request, **_: signatures.append(
+        request.headers["Authorization"].decode() if isinstance(request.headers["Authorization"], bytes)
+        else request.headers["Authorization"]))
+    s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    sdk_stack.wait_cached(BUCKET, key)
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=BUCKET, Key=key + "?last")  # NoSuchKey: the last line we wait for
+    log = wait_until(lambda: (t := (sdk_stack.layout.logs_dir / "access.log").read_text()) and "%3Flast" in t and t,
+                     what="the last request in the access log")
+    assert "session-token-SECRET" not in log
+    for auth in signatures:
+        assert auth.rpartition("Signature=")[2] not in log
