@@ -380,7 +380,12 @@ class Filler:
     # -- the steps every fill shares ----------------------------------------------------
 
     def _get(self, url: str, sign: "Signing | None" = None) -> urllib3.BaseHTTPResponse:
-        headers = sign("GET", url) if sign is not None else None
+        headers = None
+        if sign is not None:
+            try:
+                headers = sign("GET", url)
+            except Exception as exc:  # noqa: BLE001 -- credentials that failed to refresh: S3 cannot be asked
+                raise Unreachable(f"cannot sign the request: {type(exc).__name__}") from exc
         return self.upstream.request("GET", url, headers=headers, connect_timeout=self.timeout,
                                      read_timeout=self.timeout)
 

@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from typing import Iterator, Mapping
+from urllib.parse import unquote
 
 from flask import Response
 from werkzeug.http import parse_range_header
@@ -79,7 +80,6 @@ NO_CREDENTIALS = ("This cache answers SDK clients (requests signed in the Author
 
 
 def _names(raw_query: str) -> set[str]:
-    from urllib.parse import unquote
     return {unquote(p.partition("=")[0]) for p in raw_query.split("&") if p}
 
 
