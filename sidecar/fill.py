@@ -159,7 +159,7 @@ class Filler:
 
     # -- scheduling -----------------------------------------------------------------
 
-    def submit(self, ref: ObjectRef, url: str) -> bool:
+    def submit(self, ref: ObjectRef, url: str, sign: "Signing | None" = None) -> bool:
         """Queue a fill unless one for ``ref`` is already queued here; False if not queued."""
         with self._lock:
             if ref in self._pending:
@@ -169,8 +169,13 @@ class Filler:
                 self._warn_queue_full(ref)
                 return False
             self._pending.add(ref)
-        self._pool.submit(self._run, ref, url)
+        self._pool.submit(self._run, ref, url, None, sign)
         return True
+
+    def pending(self, ref: ObjectRef) -> bool:
+        """Whether a fill of ``ref`` is queued or running here."""
+        with self._lock:
+            return ref in self._pending
 
     def _warn_queue_full(self, ref: ObjectRef) -> None:
         # Under a flood of misses this would be one line per request: say it once per interval.
@@ -194,11 +199,12 @@ class Filler:
         self._pool.submit(self._run, ref, url, response)
         return True
 
-    def _run(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None) -> None:
+    def _run(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None,
+             sign: "Signing | None" = None) -> None:
         with self._lock:
             self.in_progress += 1
         try:
-            result = self.fill(ref, url, response=response)
+            result = self.fill(ref, url, response=response, sign=sign)
         except Exception:  # a bug must not kill the worker thread silently
             log.exception("fill of %s crashed", ref.name)
             result = FillResult("failed", "internal")
@@ -243,18 +249,6 @@ class Filler:
         finally:
             if response is not None:
                 response.close()
-
-    def fill_now(self, ref: ObjectRef, url: str, sign: "Signing | None" = None) -> FillResult:
-        """A fill a client waits for (an SDK's ranged miss), counted like a background one."""
-        with self._lock:
-            self.in_progress += 1
-        try:
-            result = self.fill(ref, url, sign=sign)
-        finally:
-            with self._lock:
-                self.in_progress -= 1
-        self._record(result)
-        return result
 
     def _fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None,
               sign: "Signing | None" = None) -> FillResult:

@@ -9,8 +9,8 @@ S3CACHE_ACCESS says:
 - reads are answered, never redirected: a hit from disk (Caddy's file_server after ``check_hit``, the
   Caddyfile's hit_checked route; or by us, for a ranged miss we have just filled); a GetObject miss
   streamed through while it is cached (``Filler.stream``: one origin GET serves the miss and every later
-  hit); a ranged miss filled whole first (``Filler.fill_now``, concurrent ranges waiting for that one
-  fill) and then served from disk; conditional misses, HeadObject misses, ListObjects(V2), HeadBucket and
+  hit); a ranged miss filled whole first (one background fill, concurrent ranges waiting for it, up
+  to ``RANGE_WAIT``) and then served from disk; conditional misses, HeadObject misses, ListObjects(V2), HeadBucket and
   GetBucketLocation relayed uncached, S3's status, headers and body as they come;
 - what reaches S3 is the proxy's own request, signed with its own credentials (``upstream_auth``) for
   exactly the target ``upstream`` sends (S3's canonical spelling of the client's);
@@ -70,6 +70,8 @@ OBJECT_READS = frozenset({"x-id", "response-cache-control", "response-content-di
 # Object reads that pass through uncached (another version, one part of a multipart object).
 UNCACHED_READS = frozenset({"versionId", "partNumber"})
 RELAY_TIMEOUT = 60.0
+# How long a ranged miss waits for the object's fill before its range is relayed uncached.
+RANGE_WAIT = 20.0
 
 NO_KEYS = ("This cache answers requests signed in the Authorization header (SDK clients with the cache as "
            "endpoint_url) only for the access keys in S3CACHE_SIGNING_KEYS (or S3CACHE_SIGNING_KEYS_FILE), "
@@ -220,21 +222,22 @@ class SDK:
                 resp.headers["X-Cache"] = "MISS"
                 return resp
         else:
-            result = self.filler.fill_now(ref, url, sign=sign)
-            if result.outcome == "failed":
-                return self._relay("GET", url, headers, why=f"fill failed: {result.reason}")
-        # Cached now, or being cached by another request: served from disk once it is there.
-        if self._await_cached(final):
+            # One background fill however many parts ask (s3transfer sends several at once), then each
+            # part from disk.
+            self.filler.submit(ref, url, sign=sign)
+        # Cached now, or being cached here: served from disk once it is there -- within RANGE_WAIT (below
+        # SDKs' 60-second read timeout); past it, or if the fill ended without the object, relayed.
+        if self._await_cached(ref, final):
             served = self._serve_cached(resolved, headers, "MISS")
             if served is not None:
                 return served
-        return self._relay("GET", url, headers, why="another fill did not finish in time")
+        return self._relay("GET", url, headers, why="not cached in time")
 
-    def _await_cached(self, final: str) -> bool:
-        deadline = time.monotonic() + self.config.fill_timeout
+    def _await_cached(self, ref, final: str) -> bool:
+        deadline = time.monotonic() + RANGE_WAIT
         while not os.path.isfile(final):
-            if time.monotonic() > deadline:
-                return False
+            if time.monotonic() > deadline or not self.filler.pending(ref):
+                return os.path.isfile(final)
             time.sleep(0.05)
         return True
 

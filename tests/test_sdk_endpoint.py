@@ -332,3 +332,16 @@ def test_the_access_log_holds_no_signature_nor_session_token(origin, sdk_stack):
     assert "session-token-SECRET" not in log
     for auth in signatures:
         assert auth.rpartition("Signature=")[2] not in log
+
+
+def test_an_object_too_large_to_cache_is_still_downloaded_in_parts(origin, make_stack, tmp_path):
+    stack = make_stack(**SDK_ENV, S3CACHE_MAX_OBJECT_BYTES="100000")
+    key = "transfer/too-large.bin"
+    body = os.urandom(600_000)
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=body)
+    target = tmp_path / "out.bin"
+    chunks = TransferConfig(multipart_threshold=128 * 1024, multipart_chunksize=128 * 1024, max_concurrency=3)
+    client(stack).download_file(BUCKET, key, str(target), Config=chunks)
+    assert target.read_bytes() == body
+    assert not stack.object_file(BUCKET, key).exists()
+    assert client(stack).get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
