@@ -38,8 +38,8 @@ from s3cache.httpdate import format_http_date
 from s3cache.layout import Layout, Uncacheable
 from s3cache.request_path import BadRequest
 from s3cache.wire import SERVED_HEADER
-from sidecar import hit_headers
-from sidecar.access import HitRequest, allow, deny, serves_object
+from sidecar import freshness, hit_headers
+from sidecar.access import REVALIDATE_TIMEOUT, HitRequest, allow, deny, remove_cached, serves_object
 from sidecar.admission import Admission
 from sidecar.fill import Filler
 from sidecar.miss import MissPlan
@@ -128,8 +128,66 @@ class SDK:
             return deny(403, "AccessDenied", "Access Denied")
         if not serves_object(hit.headers.get(SERVED_HEADER), relative):
             return deny(403, "AccessDenied", "Access Denied")
+        if self.config.ttl is not None and freshness.age(self.layout, ref) > self.config.ttl:
+            return self._revalidate(hit, resolved)
         # The signature covers the query: its response-* overrides are the client's to ask for.
         return allow(hit, ref, self.layout)
+
+    def _revalidate(self, hit: HitRequest, resolved: Resolved) -> Response:
+        """S3CACHE_TTL: ask S3 (a HEAD, signed by the proxy) whether the stale entry is still the object.
+
+        Unchanged: served, its age reset. Changed or gone: the entry is dropped, and the client told to
+        retry (``503 SlowDown``, which SDKs retry): the retry is a miss, streamed from S3.  No body
+        moves for the check, and nothing stale is served.
+        """
+        ref = resolved.parsed.ref
+        url = self._upstream_url(resolved, hit.raw_uri)
+        etag = metadata.load_headers(self.layout, ref).get("etag")
+        try:
+            validators = ({"If-None-Match": etag} if etag else
+                          {"If-Modified-Since": format_http_date(os.stat(self.layout.object_path(ref)).st_mtime)})
+        except FileNotFoundError:
+            return deny(404, "NoSuchKey", "The specified key does not exist.")
+        try:
+            resp = self.upstream.request("HEAD", url, headers=self._sign("HEAD", url, validators),
+                                         connect_timeout=REVALIDATE_TIMEOUT[0], read_timeout=REVALIDATE_TIMEOUT[1])
+        except (Unreachable, Unsendable, NoCredentials) as exc:
+            return self._unconfirmed(hit, ref, str(exc))
+        try:
+            status = resp.status
+            if status == 304 or (status == 200 and etag and resp.headers.get("ETag") == etag):
+                metadata.mark_validated(self.layout, ref)
+                return allow(hit, ref, self.layout, told=resp.headers)
+            if status >= 500:
+                return self._unconfirmed(hit, ref, f"origin answered {status}")
+            if status in (200, 404):
+                remove_cached(self.layout, ref)
+            if status == 200:
+                log.info("stale %s: changed at the origin; dropped, the client retries", ref.name)
+                busy = deny(503, "SlowDown", "The cached copy changed at S3; please retry.")
+                busy.headers["Retry-After"] = "0"
+                return busy
+            if status == 404:
+                return deny(404, "NoSuchKey", "The specified key does not exist.")
+            return deny(status, "AccessDenied" if status == 403 else "InvalidRequest", f"S3 answered {status}.")
+        finally:
+            done(resp)
+
+    def _unconfirmed(self, hit: HitRequest, ref, why: str) -> Response:
+        """S3 could not be asked: S3CACHE_REVALIDATE_ON_ERROR decides, as for presigned hits."""
+        if self.config.revalidate_on_error == "open":
+            log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
+            return allow(hit, ref, self.layout)
+        log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
+        resp = deny(503, "ServiceUnavailable", "Could not confirm the cached copy with S3; please retry.")
+        resp.headers["X-Cache"] = "ERROR"
+        resp.headers["Retry-After"] = "5"
+        return resp
+
+    def _upstream_url(self, resolved: Resolved, raw_uri: str) -> str:
+        """Where S3 answers this request, its target in S3's canonical spelling (what the proxy signs and sends)."""
+        base = resolved.upstream_url[: len(resolved.upstream_url) - len(raw_uri)]
+        return base + canonical_target(resolved.parsed.raw_path, resolved.parsed.raw_query)
 
     # -- everything Caddy did not serve from disk ------------------------------------
 
@@ -156,8 +214,7 @@ class SDK:
                 environ: dict) -> Response:
         parsed = resolved.parsed
         names = _names(parsed.raw_query)
-        base = resolved.upstream_url[: len(resolved.upstream_url) - len(raw_uri)]
-        url = base + canonical_target(parsed.raw_path, parsed.raw_query)
+        url = self._upstream_url(resolved, raw_uri)
         try:
             if parsed.key and method in ("GET", "HEAD") and names <= OBJECT_READS | UNCACHED_READS:
                 if method == "GET" and not names & UNCACHED_READS:

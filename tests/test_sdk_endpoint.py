@@ -345,3 +345,24 @@ def test_an_object_too_large_to_cache_is_still_downloaded_in_parts(origin, make_
     assert target.read_bytes() == body
     assert not stack.object_file(BUCKET, key).exists()
     assert client(stack).get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+
+
+def test_with_a_ttl_a_stale_hit_is_revalidated_and_a_changed_object_never_served(origin, make_stack):
+    stack = make_stack(**SDK_ENV, S3CACHE_TTL="0.001")  # every hit is stale: asked at S3 first
+    key = "ttl/doc.txt"
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"first")
+    s3 = client(stack)
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"first"
+    stack.wait_cached(BUCKET, key)
+    origin.reset()
+    hit = s3.get_object(Bucket=BUCKET, Key=key)
+    assert (hit["Body"].read(), x_cache(hit)) == (b"first", "HIT")
+    assert [(r["method"], r["auth"], r["status"]) for r in origin.stats()["requests"]] == [("HEAD", "header-v4", 304)]
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"second")
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"second"  # after one SlowDown, retried
+    origin.s3().delete_object(Bucket=BUCKET, Key=key)
+    stack.wait_cached(BUCKET, key)
+    with pytest.raises(ClientError) as gone:
+        s3.get_object(Bucket=BUCKET, Key=key)
+    assert gone.value.response["Error"]["Code"] == "NoSuchKey"
+    assert not stack.object_file(BUCKET, key).exists()
