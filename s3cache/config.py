@@ -340,7 +340,7 @@ class Config:
         "S3CACHE_FILL_TIMEOUT + N / S3CACHE_FILL_MIN_RATE seconds in all.")
     stream_max: int = setting(
         "8", _positive_int,
-        "stream mode: misses streamed at once; beyond it a miss is redirected (and filled in the "
+        "stream mode (and SDK clients' streamed or relayed requests): misses streamed at once; beyond it a miss is redirected (and filled in the "
         "background), so hits, access checks and health always have threads of their own.")
     access: str = setting(
         "revalidate", _choice("revalidate", "verify", "open"),

@@ -366,3 +366,46 @@ def test_with_a_ttl_a_stale_hit_is_revalidated_and_a_changed_object_never_served
         s3.get_object(Bucket=BUCKET, Key=key)
     assert gone.value.response["Error"]["Code"] == "NoSuchKey"
     assert not stack.object_file(BUCKET, key).exists()
+
+
+def readme_block(lang: str, after: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index(after):]
+    start = section.index(f"```{lang}\n") + len(f"```{lang}\n")
+    return section[start:section.index("```", start)]
+
+
+def test_the_readme_snippets_run_as_written(origin, make_stack, tmp_path, monkeypatch):
+    """README's "Use it from boto3 / the aws CLI" snippets, with only the proxy's address and keys swapped."""
+    stack = make_stack(**SDK_ENV)
+    origin.ensure_bucket("my-bucket")
+    report = b"".join(b"%d,%d\n" % (i, i * i) for i in range(500))
+    big = os.urandom(9 * 1024 * 1024)
+    origin.s3().put_object(Bucket="my-bucket", Key="report.csv", Body=report)
+    origin.s3().put_object(Bucket="my-bucket", Key="big.bin", Body=big)
+    origin.s3().put_object(Bucket="my-bucket", Key="reports/2026.csv", Body=b"x")
+
+    def ours(code: str) -> str:
+        return (code.replace("http://localhost:8080", stack.url).replace("AKIACLIENTKEY", ACCESS_KEY_1)
+                .replace("client-secret", SECRET_KEY_1))
+
+    heading = "## Use it from boto3 / the aws CLI"
+    monkeypatch.chdir(tmp_path)
+    origin.reset()
+    exec(compile(ours(readme_block("python", heading)), "README.md", "exec"), {})
+    assert (tmp_path / "big.bin").read_bytes() == big
+    assert len(origin_requests_in(origin, "my-bucket", "big.bin", "GET")) == 1
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"PATH": f"{AWS.parent}:{env.get('PATH', '')}", "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": str(tmp_path / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials")})
+    shell = ours(readme_block("sh", "```python\nimport boto3"))  # the aws CLI block, after the boto3 one
+    run = subprocess.run(["bash", "-euc", shell], cwd=tmp_path, env=env, capture_output=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert report in run.stdout and b"report.csv" in run.stdout
+    assert (tmp_path / "part.csv").read_bytes() == report[:100]
+    assert len(origin_requests_in(origin, "my-bucket", "report.csv", "GET")) == 1
+
+
+def origin_requests_in(origin, bucket: str, key: str, method: str) -> list[dict]:
+    return [r for r in origin.stats()["requests"] if r["key"] == f"/{bucket}/{key}" and r["method"] == method]
