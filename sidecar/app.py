@@ -69,6 +69,8 @@ def create_app(config: Config, filler: Filler | None = None) -> Flask:
         raw_uri = raw_request_uri()
         if path == "/" and config.addressing.bucket_for_host(client_host()) is not None:
             return answer_miss(raw_uri)  # a virtual-hosted bucket's root: S3's (a listing), not our page
+        if path == "/" and header_signed(request.headers):
+            return answer_miss(raw_uri)  # an SDK's ListBuckets, not our page
         if internal.routes(path, request.method):
             return None  # the blueprint's, guard included
         if wire.is_internal(path):

@@ -10,8 +10,8 @@ S3CACHE_ACCESS says:
   Caddyfile's hit_checked route; or by us, for a ranged miss we have just filled); a GetObject miss
   streamed through while it is cached (``Filler.stream``: one origin GET serves the miss and every later
   hit); a ranged miss filled whole first (one background fill, concurrent ranges waiting for it, up
-  to ``RANGE_WAIT``) and then served from disk; conditional misses, HeadObject misses, ListObjects(V2), HeadBucket and
-  GetBucketLocation relayed uncached, S3's status, headers and body as they come;
+  to ``RANGE_WAIT``) and then served from disk; conditional misses, HeadObject misses, ListObjects(V2), HeadBucket,
+  GetBucketLocation and ListBuckets relayed uncached, S3's status, headers and body as they come;
 - what reaches S3 is the proxy's own request, signed with its own credentials (``upstream_auth``) for
   exactly the target ``upstream`` sends (S3's canonical spelling of the client's);
 - anything else is one S3 XML error (``NotImplemented``), unless S3CACHE_SDK_WRITES=passthrough relays
@@ -98,12 +98,18 @@ class SDK:
 
     # -- who may ask ------------------------------------------------------------------
 
+    def _setup_error(self) -> Response | None:
+        if not self.config.keys():
+            return error_response(403, "AccessDenied", NO_KEYS)
+        if not self.signer.available():
+            return error_response(403, "AccessDenied", NO_CREDENTIALS)
+        return None
+
     def _authenticate(self, method: str, raw_uri: str, headers: Mapping[str, str],
                       host: str) -> tuple[Resolved | None, Response | None]:
-        if not self.config.keys():
-            return None, error_response(403, "AccessDenied", NO_KEYS)
-        if not self.signer.available():
-            return None, error_response(403, "AccessDenied", NO_CREDENTIALS)
+        refused = self._setup_error()
+        if refused is not None:
+            return None, refused
         try:
             resolved = self.config.addressing.resolve(host, raw_uri)
         except BadRequest as exc:
@@ -192,6 +198,8 @@ class SDK:
     # -- everything Caddy did not serve from disk ------------------------------------
 
     def handle(self, method: str, raw_uri: str, headers: Mapping[str, str], host: str, environ: dict) -> Response:
+        if raw_uri.partition("?")[0] == "/" and self.config.addressing.bucket_for_host(host) is None:
+            return self._service(method, raw_uri, headers, host)
         resolved, refused = self._authenticate(method, raw_uri, headers, host)
         if refused is not None:
             return refused
@@ -209,6 +217,19 @@ class SDK:
             raise
         resp.call_on_close(self.slots.release)
         return resp
+
+    def _service(self, method: str, raw_uri: str, headers: Mapping[str, str], host: str) -> Response:
+        """``/`` of no bucket: ListBuckets (the proxy's own buckets, as its credentials see them), relayed."""
+        refused = self._setup_error()
+        if refused is not None:
+            return refused
+        raw_query = raw_uri.partition("?")[2]
+        verdict = verify_header_signed(method, "/", raw_query, host, headers, self.config.keys())
+        if not verdict.ok:
+            return error_response(verdict.status, verdict.code, verdict.message, "/")
+        if method != "GET":
+            return error_response(501, "NotImplemented", f"{method} / is not passed to S3 by this cache.", "/")
+        return self._relay("GET", self.config.upstream + canonical_target("/", raw_query), headers)
 
     def _handle(self, method: str, raw_uri: str, resolved: Resolved, headers: Mapping[str, str],
                 environ: dict) -> Response:

@@ -409,3 +409,11 @@ def test_the_readme_snippets_run_as_written(origin, make_stack, tmp_path, monkey
 
 def origin_requests_in(origin, bucket: str, key: str, method: str) -> list[dict]:
     return [r for r in origin.stats()["requests"] if r["key"] == f"/{bucket}/{key}" and r["method"] == method]
+
+
+def test_list_buckets_is_relayed_not_the_status_page(origin, sdk_stack, tmp_path):
+    names = [b["Name"] for b in client(sdk_stack).list_buckets()["Buckets"]]
+    assert BUCKET in names
+    ls = aws(sdk_stack, "s3", "ls", home=tmp_path)
+    assert ls.returncode == 0, ls.stderr
+    assert BUCKET.encode() in ls.stdout
