@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -417,3 +418,52 @@ def test_list_buckets_is_relayed_not_the_status_page(origin, sdk_stack, tmp_path
     ls = aws(sdk_stack, "s3", "ls", home=tmp_path)
     assert ls.returncode == 0, ls.stderr
     assert BUCKET.encode() in ls.stdout
+
+
+def test_virtual_hosted_clients_with_a_domain(origin, make_stack):
+    """endpoint_url = http://<S3CACHE_DOMAIN> (wildcard DNS): boto3 puts the bucket in the Host. Here the
+    client's requests go to 127.0.0.1 with the Host it signed; the origin is reached as an HTTP proxy, so
+    that <bucket>.localhost names its bucket, as S3 does."""
+    import urllib3
+    from botocore.awsrequest import AWSResponse
+
+    domain = "s3cache.test"
+    stack = make_stack(**SDK_ENV, S3CACHE_DOMAIN=domain, S3CACHE_UPSTREAM=origin.url.replace("127.0.0.1", "localhost"),
+                       HTTP_PROXY=origin.url, NO_PROXY="")
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", stack.port)
+
+    class Raw:
+        def __init__(self, data: bytes):
+            self.data, self.at = data, 0
+
+        def stream(self, **_):
+            yield self.data
+
+        def read(self, n=-1):
+            chunk = self.data[self.at:] if n is None or n < 0 else self.data[self.at:self.at + n]
+            self.at += len(chunk)
+            return chunk
+
+    def send_to_the_stack(request, **_):
+        parts = urlsplit(request.url)
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        headers["Host"] = parts.netloc
+        r = pool.urlopen(request.method, parts.path + ("?" + parts.query if parts.query else ""), body=request.body,
+                         headers=headers, redirect=False, retries=False)
+        return AWSResponse(request.url, r.status, dict(r.headers), Raw(r.data))
+
+    key = "vhost/object.txt"
+    origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"virtually hosted")
+    origin.reset()
+    for version in ("s3v4", "s3"):
+        s3 = boto3.client("s3", endpoint_url=f"http://{domain}:{stack.port}", region_name="us-east-1",
+                          aws_access_key_id=ACCESS_KEY_1, aws_secret_access_key=SECRET_KEY_1,
+                          config=Config(signature_version=version, s3={"addressing_style": "virtual"}))
+        s3.meta.events.register("before-send.s3", send_to_the_stack)
+        got = s3.get_object(Bucket=BUCKET, Key=key)
+        assert got["Body"].read() == b"virtually hosted"
+        stack.wait_cached(BUCKET, key)
+        hit = s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=0-8")
+        assert (hit["Body"].read(), x_cache(hit)) == (b"virtually", "HIT")
+        assert key in [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="vhost/")["Contents"]]
+    assert [r["auth"] for r in origin_requests(origin, key, "GET")] == ["header-v4"]  # the miss, re-signed
