@@ -414,7 +414,7 @@ class Config:
         "S3CACHE_FILL_TIMEOUT + N / S3CACHE_FILL_MIN_RATE seconds in all.")
     stream_max: int = setting(
         "8", _positive_int,
-        "stream mode: misses streamed at once, per sidecar worker; beyond it a miss is redirected (and filled in the "
+        "stream mode (and SDK clients' streamed or relayed requests): misses streamed at once, per sidecar worker; beyond it a miss is redirected (and filled in the "
         "background), so hits, access checks and health always have threads of their own.")
     access: str = setting(
         "revalidate", _choice("revalidate", "verify", "open"),
@@ -423,10 +423,28 @@ class Config:
         caddy=lambda v: {"S3CACHE_ACCESS": v})
     signing_keys: dict[str, str] = setting(
         "", parse_signing_keys,
-        "verify mode: ACCESS_KEY_ID:SECRET pairs, comma-separated.")
+        "verify mode and SDK clients (header-signed requests): ACCESS_KEY_ID:SECRET pairs, comma-separated.")
     signing_keys_file: dict[str, str] = setting(
         "", _signing_keys_file,
-        "verify mode: a file of ACCESS_KEY_ID:SECRET pairs, one per line (# comments).")
+        "verify mode and SDK clients: a file of ACCESS_KEY_ID:SECRET pairs, one per line (# comments).")
+    upstream_access_key_id: str = setting(
+        "", str,
+        "SDK clients (requests signed in the Authorization header): the access key id the proxy signs its "
+        "own requests to S3 with. Empty: the standard AWS_* variables, shared credentials file, ... (botocore's chain).")
+    upstream_secret_access_key: str = setting(
+        "", str,
+        "The secret of S3CACHE_UPSTREAM_ACCESS_KEY_ID.")
+    upstream_session_token: str = setting(
+        "", str,
+        "A session token for S3CACHE_UPSTREAM_ACCESS_KEY_ID (temporary credentials), if any.")
+    upstream_region: str = setting(
+        "", str,
+        "The region the proxy signs its requests to S3 for (SigV4). Empty: AWS_REGION / AWS_DEFAULT_REGION / "
+        "the shared config, else us-east-1.")
+    sdk_writes: str = setting(
+        "refuse", _choice("refuse", "passthrough"),
+        "SDK clients' writes and other non-read operations: refuse (one NotImplemented error) or passthrough "
+        "(re-signed to S3 with the proxy's credentials; a successful write or delete drops the cached copy).")
     revalidate_on_error: str = setting(
         "closed", _choice("closed", "open"),
         "revalidate mode, when S3 cannot be reached: closed (refuse with 503) or open (serve the cached copy).")
@@ -541,6 +559,9 @@ class Config:
         if values["access"] == "verify" and not (values["signing_keys"] or values["signing_keys_file"]):
             raise ConfigError("S3CACHE_SIGNING_KEYS: S3CACHE_ACCESS=verify needs keys "
                               "(S3CACHE_SIGNING_KEYS or S3CACHE_SIGNING_KEYS_FILE)")
+        if bool(values["upstream_access_key_id"]) != bool(values["upstream_secret_access_key"]):
+            raise ConfigError("S3CACHE_UPSTREAM_SECRET_ACCESS_KEY: S3CACHE_UPSTREAM_ACCESS_KEY_ID and its secret "
+                              "go together (set both, or neither to use the AWS credential chain)")
         if values["tls"] != "off" and not values["tls_names"]:
             raise ConfigError(f"S3CACHE_TLS_NAMES: S3CACHE_TLS={values['tls']} needs the names clients use "
                               "(e.g. cache.example.com)")

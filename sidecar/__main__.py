@@ -28,8 +28,9 @@ FILL_NICENESS = 10
 
 def _serve_options(config: Config) -> dict:
     # Misses answer in microseconds; threads cover slow clients, not slow work.  Streamed
-    # misses do hold a thread each: they get S3CACHE_STREAM_MAX threads on top of the rest.
-    threads = BASE_THREADS + (config.stream_max if config.miss == "stream" else 0)
+    # misses (and SDK clients' requests, with signing keys: sidecar/sdk.py) do hold a thread each: they get
+    # S3CACHE_STREAM_MAX threads on top of the rest.
+    threads = BASE_THREADS + (config.stream_max if config.miss == "stream" or config.keys() else 0)
     return {"threads": threads, "ident": "s3cache-sidecar", "channel_timeout": 30,
             "clear_untrusted_proxy_headers": True}
 

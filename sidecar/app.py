@@ -27,6 +27,8 @@ from sidecar.fill import Filler
 from sidecar.miss import MissPlan, plan_miss
 from sidecar.redirect import redirect_307
 from sidecar.s3errors import error_response
+from sidecar.sdk import SDK
+from sidecar.signatures import header_signed
 from sidecar.upstream import Upstream
 
 log = logging.getLogger("sidecar")
@@ -55,7 +57,8 @@ def create_app(config: Config, filler: Filler | None = None, *, link: BackLink |
     learned_cors = cors.Learned(upstream)  # S3's CORS verdicts, for redirects when S3CACHE_CORS_ORIGINS is empty
     # The collector behind the page, metrics and stats.
     status = Status(config, layout, filler, admission) if link is None else RemoteStatus(link)
-    app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream))
+    sdk = SDK(config, layout, filler, upstream, admission, status, stream_slots)  # requests signed in the Authorization header
+    app.register_blueprint(internal.blueprint(config, layout, filler, status, upstream, sdk=sdk))
     app.url_map.merge_slashes = False  # routing sees an internal path exactly as sent (internal.routes)
 
     @app.before_request
@@ -69,6 +72,8 @@ def create_app(config: Config, filler: Filler | None = None, *, link: BackLink |
         raw_uri = raw_request_uri()
         if path == "/" and config.addressing.bucket_for_host(client_host()) is not None:
             return answer_miss(raw_uri)  # a virtual-hosted bucket's root: S3's (a listing), not our page
+        if path == "/" and header_signed(request.headers):
+            return answer_miss(raw_uri)  # an SDK's ListBuckets, not our page
         if internal.routes(path, request.method):
             return None  # the blueprint's, guard included
         if wire.is_internal(path):
@@ -88,6 +93,11 @@ def create_app(config: Config, filler: Filler | None = None, *, link: BackLink |
     events = link.held if link is not None else contextlib.nullcontext
 
     def answer_miss(raw_uri: str) -> Response:
+        if header_signed(request.headers):
+            # An SDK with the proxy as its endpoint: never redirected (botocore would follow a 307 as a region
+            # redirect, over and over); its signature is checked and S3 is asked with the proxy's own.
+            # (Not inside events(): it may wait for the fill it asked for, which must go out at once.)
+            return sdk.handle(request.method, raw_uri, request.headers, client_host(), request.environ)
         with events():
             return _answer_miss(raw_uri)
 

@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import http.client
 
@@ -73,6 +73,10 @@ class FillFailed(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+# The headers of a request to S3, made as it goes out: (method, url) -> headers.
+Signing = Callable[[str, str], Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ class Filler:
 
     # -- scheduling -----------------------------------------------------------------
 
-    def submit(self, ref: ObjectRef, url: str) -> bool:
+    def submit(self, ref: ObjectRef, url: str, sign: "Signing | None" = None) -> bool:
         """Queue a fill unless one for ``ref`` is already queued here; False if not queued."""
         with self._lock:
             if ref in self._pending:
@@ -177,8 +181,13 @@ class Filler:
                 self._warn_queue_full(ref)
                 return False
             self._pending.add(ref)
-        self._pool.submit(self._run, ref, url)
+        self._pool.submit(self._run, ref, url, None, sign)
         return True
+
+    def pending(self, ref: ObjectRef) -> bool:
+        """Whether a fill of ``ref`` is queued or running here."""
+        with self._lock:
+            return ref in self._pending
 
     def _warn_queue_full(self, ref: ObjectRef) -> None:
         # Under a flood of misses this would be one line per request: say it once per interval.
@@ -202,11 +211,12 @@ class Filler:
         self._pool.submit(self._run, ref, url, response)
         return True
 
-    def _run(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None) -> None:
+    def _run(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None,
+             sign: "Signing | None" = None) -> None:
         with self._lock:
             self.in_progress += 1
         try:
-            result = self.fill(ref, url, response=response)
+            result = self.fill(ref, url, response=response, sign=sign)
         except Exception:  # a bug must not kill the worker thread silently
             log.exception("fill of %s crashed", ref.name)
             result = FillResult("failed", "internal")
@@ -242,19 +252,23 @@ class Filler:
 
     # -- one fill ---------------------------------------------------------------------
 
-    def fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None) -> FillResult:
+    def fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None = None,
+             sign: "Signing | None" = None) -> FillResult:
         """Fetch ``url`` into the cache entry for ``ref``; synchronous.
 
         With ``response`` (an open 200 for ``url``), its body replaces whatever
         is cached: that is how a stale entry is refreshed without a second fetch.
+        ``sign``: the headers to send, made when the request goes out (the
+        proxy's own signature, for SDK clients: ``sidecar.sdk``).
         """
         try:
-            return self._fill(ref, url, response)
+            return self._fill(ref, url, response, sign)
         finally:
             if response is not None:
                 response.close()
 
-    def _fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None) -> FillResult:
+    def _fill(self, ref: ObjectRef, url: str, response: urllib3.BaseHTTPResponse | None,
+              sign: "Signing | None" = None) -> FillResult:
         started = time.monotonic()
         replace = response is not None
         final = str(self.layout.object_path(ref))
@@ -276,7 +290,7 @@ class Filler:
                 return FillResult("cached")
             os.ftruncate(fd, 0)
             if resp is None:
-                resp = self._get(url)
+                resp = self._get(url, sign=sign)
             expected, md5 = self._check(resp)
             out = _CacheFile(fd, expected, md5)
             try:
@@ -321,7 +335,8 @@ class Filler:
 
     # -- one miss streamed to the client while it is cached (S3CACHE_MISS=stream) ---------
 
-    def stream(self, ref: ObjectRef, url: str, origin: dict[str, str] | None = None) -> "StreamedMiss | None":
+    def stream(self, ref: ObjectRef, url: str, origin: dict[str, str] | None = None,
+               sign: "Signing | None" = None) -> "StreamedMiss | None":
         """Fetch ``url`` once for both the client and the cache; None: redirect instead.
 
         ``origin``: the client's Origin header, sent along so that S3's answer
@@ -348,7 +363,7 @@ class Filler:
                 os.close(fd)
                 return None
             os.ftruncate(fd, 0)
-            resp = self._get(url, origin)
+            resp = self._get(url, origin, sign)
             s3_cors = cors.from_s3(resp.headers)
             if resp.status == 200:
                 headers = _lower_headers(resp)
@@ -383,7 +398,13 @@ class Filler:
 
     # -- the steps every fill shares ----------------------------------------------------
 
-    def _get(self, url: str, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+    def _get(self, url: str, origin: dict[str, str] | None = None, sign: "Signing | None" = None) -> urllib3.BaseHTTPResponse:
+        headers = dict(origin) if origin else None
+        if sign is not None:
+            try:
+                headers = {**(headers or {}), **sign("GET", url)}
+            except Exception as exc:  # noqa: BLE001 -- credentials that failed to refresh: S3 cannot be asked
+                raise Unreachable(f"cannot sign the request: {type(exc).__name__}") from exc
         return self.upstream.request("GET", url, headers=headers, connect_timeout=self.timeout,
                                      read_timeout=self.timeout)
 

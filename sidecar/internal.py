@@ -37,6 +37,7 @@ from sidecar import admin, health, metrics, objects_api, status_page
 from sidecar.access import HitRequest, check_hit
 from sidecar.fill import Filler
 from sidecar.s3errors import error_response
+from sidecar.signatures import header_signed
 from sidecar.status import Status
 from sidecar.upstream import Upstream
 
@@ -75,7 +76,7 @@ def _no_store(resp: Response) -> Response:
 
 
 def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
-              upstream: Upstream) -> Blueprint:
+              upstream: Upstream, sdk=None) -> Blueprint:
     bp = Blueprint("internal", __name__)
     bp.record_once(lambda state: state.app.url_map.converters.setdefault("anything", _Anything))
 
@@ -125,6 +126,8 @@ def blueprint(config: Config, layout: Layout, filler: Filler, status: Status,
         hit = HitRequest(method=request.headers.get("X-Forwarded-Method", "GET"),
                          raw_uri=request.headers.get(wire.RAW_URI_HEADER) or request.headers.get("X-Forwarded-Uri", ""),
                          headers=request.headers, host=client_host())
+        if sdk is not None and header_signed(request.headers):
+            return sdk.check_hit(hit)  # an SDK client's signature, checked whatever S3CACHE_ACCESS says
         return check_hit(hit, config, layout, filler, upstream)
 
     return bp

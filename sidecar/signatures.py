@@ -1,7 +1,11 @@
-"""Local verification of presigned S3 URLs (query-string SigV2 and SigV4).
+"""Local verification of S3 request signatures: presigned URLs (query-string SigV2 and SigV4) and
+requests signed in the ``Authorization`` header (an SDK pointed at the proxy, ``sidecar.sdk``).
 
-This module owns one question for the ``verify`` access mode: *would S3 accept
-this presigned GET/HEAD?*  It answers from the configured signing keys alone,
+This module owns one question: *would S3 accept this signature?*  For the
+``verify`` access mode, about a presigned GET/HEAD (``verify_presigned``); for
+any header-signed request, whatever the access mode (``verify_header_signed``).
+Both forms of each version share one canonical request / string to sign.
+It answers from the configured signing keys alone,
 without a round trip to S3, and says why not in S3's own terms (status, error
 code, message).  (The ``AKID:SECRET`` key list is parsed by ``s3cache.config``
 and the XML error body is written by ``sidecar.s3errors``.)
@@ -45,7 +49,9 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-__all__ = ["Verdict", "verify_presigned"]
+from s3cache.httpdate import parse_http_date
+
+__all__ = ["Verdict", "canonical_target", "header_signed", "verify_header_signed", "verify_presigned"]
 
 log = logging.getLogger("sidecar.signatures")
 
@@ -210,6 +216,134 @@ def _verify(method: str, raw_path: str, raw_query: str, host: str, keys: Mapping
     return _deny("AccessDenied", "Anonymous access is forbidden for this operation")
 
 
+# --- signed in the Authorization header --------------------------------------------
+
+V4_HEADER_PREFIX = V4_ALGORITHM + " "
+V2_HEADER_PREFIX = "AWS "
+MAX_SKEW = 15 * 60               # S3's RequestTimeTooSkewed limit, either way
+_SKEWED = "The difference between the request time and the current time is too large."
+_NO_DATE = "AWS authentication requires a valid Date or x-amz-date header"
+_V4_HEADER_FIELDS = ("Credential", "SignedHeaders", "Signature")
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+def header_signed(headers: Mapping[str, str]) -> bool:
+    """Whether the request carries an Authorization header (an SDK's signature, for S3 or for us)."""
+    return any(str(k).lower() == "authorization" for k in headers.keys())
+
+
+def verify_header_signed(method: str, raw_path: str, raw_query: str, host: str, headers: Mapping[str, str],
+                         keys: Mapping[str, str], now: float | None = None, *,
+                         bucket: str | None = None) -> Verdict:
+    """Would S3 accept this request's ``Authorization`` header (SigV4 or SigV2)?  A Verdict, never an exception.
+
+    The client signed the request it sent to the proxy: ``raw_path``/``raw_query``
+    as sent, ``host`` the Host header it sent (port included).  ``bucket`` set
+    means virtual-hosted addressing (SigV2 signs ``/bucket`` + path).
+    """
+    try:
+        return _verify_header(method, raw_path, raw_query, host, headers, keys,
+                              time.time() if now is None else now, bucket)
+    except Exception:  # noqa: BLE001 -- fail closed
+        log.exception("header signature verification failed unexpectedly; denying")
+        return _deny("AccessDenied", "Access Denied")
+
+
+def _header_malformed(message: str) -> Verdict:
+    return Verdict(False, 400, "AuthorizationHeaderMalformed", f"The authorization header is malformed; {message}")
+
+
+def _verify_header(method: str, raw_path: str, raw_query: str, host: str, headers: Mapping[str, str],
+                   keys: Mapping[str, str], now: float, bucket: str | None) -> Verdict:
+    if not math.isfinite(now):
+        return _deny("AccessDenied", "Access Denied")
+    query = _Query(raw_query)
+    lheaders = {str(k).lower(): str(v) for k, v in headers.items()}
+    auth = lheaders.get("authorization", "")
+    if query.has_any(V4_MARKERS) or query.has_any(V2_MARKERS):
+        return Verdict(False, 400, "InvalidArgument",
+                       "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature "
+                       "query string parameter or the Authorization header should be specified")
+    if auth.startswith(V4_HEADER_PREFIX):
+        return _verify_v4_header(method, raw_path, query, host, lheaders, keys, now, auth[len(V4_HEADER_PREFIX):])
+    if auth.startswith(V2_HEADER_PREFIX):
+        return _verify_v2_header(method, raw_path, query, lheaders, keys, now, bucket, auth[len(V2_HEADER_PREFIX):])
+    return Verdict(False, 400, "InvalidArgument", "Unsupported Authorization Type")
+
+
+def _skewed(signed_at: float, now: float) -> Verdict | None:
+    if abs(now - signed_at) > MAX_SKEW:
+        return _deny("RequestTimeTooSkewed", _SKEWED)
+    return None
+
+
+def _verify_v4_header(method: str, raw_path: str, query: _Query, host: str, headers: dict[str, str],
+                      keys: Mapping[str, str], now: float, params: str) -> Verdict:
+    fields: dict[str, str] = {}
+    for part in params.split(","):
+        name, eq, value = part.strip().partition("=")
+        if eq and name in _V4_HEADER_FIELDS and name not in fields:
+            fields[name] = value.strip()
+    if any(not fields.get(f) for f in _V4_HEADER_FIELDS):
+        return _header_malformed("it must hold Credential, SignedHeaders and Signature.")
+    scope = fields["Credential"].split("/")
+    if len(scope) != 5 or not scope[0] or not scope[2] or not _YMD.fullmatch(scope[1]):
+        return _header_malformed('the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".')
+    akid, cdate, region, service, terminal = scope
+    if service != "s3" or terminal != "aws4_request":
+        return _header_malformed(f'incorrect service or terminal in the Credential; this endpoint is "s3", '
+                                 f'"aws4_request".')
+    amz_date = headers.get("x-amz-date", "")
+    signed_at = _parse_amz_date(amz_date)
+    if signed_at is None:
+        return _deny("AccessDenied", _NO_DATE)
+    if cdate != amz_date[:8]:
+        return _header_malformed("Invalid credential date. Date is not the same as X-Amz-Date.")
+    signed_headers = fields["SignedHeaders"].split(";")
+    if ("host" not in signed_headers or signed_headers != sorted(set(signed_headers))
+            or not all(_SIGNED_HEADER.fullmatch(h) for h in signed_headers)):
+        return _header_malformed("SignedHeaders must be lower-case, sorted, unique, and include host.")
+    payload = headers.get("x-amz-content-sha256")
+    if payload is None:
+        return Verdict(False, 400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
+    if payload != UNSIGNED_PAYLOAD.decode() and not _HEX64.fullmatch(payload) and not payload.startswith("STREAMING-"):
+        return Verdict(False, 400, "InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
+                                                      "STREAMING-..., or a valid sha256 value.")
+    secret = keys.get(akid)
+    if secret is None:
+        return _deny("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+    skew = _skewed(signed_at, now)
+    if skew is not None:
+        return skew
+    unsigned = _v4_unsigned_amz(headers, signed_headers)
+    if unsigned is not None:
+        return unsigned
+    return _v4_check(method, raw_path, query, {**headers, "host": host}, signed_headers, _raw_bytes(payload),
+                     amz_date, cdate, region, secret, _raw_bytes(fields["Signature"]))
+
+
+def _verify_v2_header(method: str, raw_path: str, query: _Query, headers: dict[str, str],
+                      keys: Mapping[str, str], now: float, bucket: str | None, params: str) -> Verdict:
+    akid, sep, signature = params.strip().partition(":")
+    if not sep or not akid or not signature:
+        return Verdict(False, 400, "InvalidArgument",
+                       "AWS authorization header is invalid.  Expected AwsAccessKeyId:signature")
+    secret = keys.get(akid)
+    if secret is None:
+        return _deny("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+    # x-amz-date, when sent, is the request's time (signed among the x-amz-* headers); Date then signs as empty.
+    date = headers.get("x-amz-date", headers.get("date"))
+    signed_at = parse_http_date(date)
+    if signed_at is None:
+        return _deny("AccessDenied", _NO_DATE)
+    skew = _skewed(signed_at, now)
+    if skew is not None:
+        return skew
+    date_field = "" if "x-amz-date" in headers else date
+    return _v2_check(method, date_field, raw_path, query, headers, bucket, secret, _raw_bytes(signature),
+                     in_query=False)
+
+
 # --- SigV2 ------------------------------------------------------------------
 
 
@@ -228,9 +362,15 @@ def _verify_v2(method: str, raw_path: str, query: _Query, keys: Mapping[str, str
     if int(expires) < now:
         return _deny("AccessDenied", "Request has expired")
     provided = query.first["Signature"]
+    return _v2_check(method, expires, raw_path, query, headers, bucket, secret, provided, in_query=True)
+
+
+def _v2_check(method: str, date: str, raw_path: str, query: _Query, headers: Mapping[str, str],
+              bucket: str | None, secret: str, provided: bytes, *, in_query: bool) -> Verdict:
+    """The one SigV2 string to sign, for the query form (``date`` is Expires) and the header form."""
     key = secret.encode("utf-8", "surrogatepass")
     for resource in _v2_resources(raw_path, query, bucket):
-        string_to_sign = _v2_string_to_sign(method, expires, resource, query, headers)
+        string_to_sign = _v2_string_to_sign(method, date, resource, query, headers, in_query)
         expected = base64.b64encode(hmac.digest(key, string_to_sign, "sha1"))
         if hmac.compare_digest(expected, provided):
             return OK
@@ -247,6 +387,11 @@ def _v2_resources(raw_path: str, query: _Query, bucket: str | None) -> list[byte
     path = _raw_bytes(raw_path)
     if bucket is not None:
         path = b"/" + bucket.encode("utf-8", "surrogatepass") + (path if path.startswith(b"/") else b"/" + path)
+    if bucket is None and path.count(b"/") == 1 and len(path) > 1:
+        # A path-style bucket request (``/bucket``): botocore signs ``/bucket/``, as for virtual-hosted.
+        return [r for p in (path, path + b"/") for r in _v2_resources(p.decode("latin-1"), query, "")]
+    if bucket == "":
+        path = path[1:]
     subs = [(dname, value) for _, dname, value in query.pairs if dname in V2_SUBRESOURCES]
     if not subs:
         return [path]
@@ -261,26 +406,26 @@ def _v2_resources(raw_path: str, query: _Query, bucket: str | None) -> list[byte
     return [spec, boto]
 
 
-def _v2_string_to_sign(method: str, expires: str, resource: bytes, query: _Query,
-                       headers: Mapping[str, str]) -> bytes:
-    # Expires takes the place of Date.  A query-string signer may carry the
-    # signed headers in the query (botocore moves Content-Type, Content-MD5
-    # and x-amz-* there); S3 reads them as headers.
+def _v2_string_to_sign(method: str, date: str, resource: bytes, query: _Query,
+                       headers: Mapping[str, str], in_query: bool = True) -> bytes:
+    # Presigned, Expires takes the place of Date, and a query-string signer may carry the
+    # signed headers in the query (botocore moves Content-Type, Content-MD5 and x-amz-*
+    # there); S3 reads them as headers.  Signed in the header, they are headers only.
     md5 = headers.get("content-md5")
-    md5 = _raw_bytes(md5) if md5 is not None else query.first.get("content-md5", b"")
+    md5 = _raw_bytes(md5) if md5 is not None else query.first.get("content-md5", b"") if in_query else b""
     ctype = headers.get("content-type")
-    ctype = _raw_bytes(ctype) if ctype is not None else query.first.get("content-type", b"")
+    ctype = _raw_bytes(ctype) if ctype is not None else query.first.get("content-type", b"") if in_query else b""
     amz: dict[bytes, list[bytes]] = {}
     for name, value in headers.items():
         if name.startswith("x-amz-"):
             amz.setdefault(_raw_bytes(name), []).append(_raw_bytes(value).strip())
     from_headers = set(amz)
-    for bname, _, value in query.pairs:
+    for bname, _, value in query.pairs if in_query else ():
         lname = bname.lower()
         if lname.startswith(b"x-amz-") and lname not in from_headers:
             amz.setdefault(lname, []).append((value or b"").strip())
     amz_lines = b"".join(name + b":" + b",".join(values) + b"\n" for name, values in sorted(amz.items()))
-    return b"\n".join((_raw_bytes(method.upper()), md5.strip(), ctype.strip(), expires.encode("ascii"),
+    return b"\n".join((_raw_bytes(method.upper()), md5.strip(), ctype.strip(), _raw_bytes(date),
                        amz_lines + resource))
 
 
@@ -328,24 +473,37 @@ def _verify_v4(method: str, raw_path: str, query: _Query, host: str, keys: Mappi
         return _deny("AccessDenied", "Request has expired")
     if signed_at > now + V4_CLOCK_SKEW:
         return _deny("AccessDenied", "Request is not valid yet")
+    unsigned = _v4_unsigned_amz(headers, signed_headers)
+    if unsigned is not None:
+        return unsigned
+    payload = query.first.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
+    return _v4_check(method, raw_path, query, {**headers, "host": host.lower()}, signed_headers, payload,
+                     amz_date, cdate, region, secret, query.first["X-Amz-Signature"])
+
+
+def _v4_unsigned_amz(headers: Mapping[str, str], signed_headers: list[str]) -> Verdict | None:
     unsigned = sorted(h for h in headers if h.startswith("x-amz-") and h not in signed_headers)
     if unsigned:
         # S3 insists that every x-amz-* header sent is covered by the signature.
         return _deny("AccessDenied", "There were headers present in the request which were not signed: "
                      + ", ".join(unsigned[:8])[:256])
+    return None
 
+
+def _v4_check(method: str, raw_path: str, query: _Query, headers: Mapping[str, str], signed_headers: list[str],
+              payload: bytes, amz_date: str, cdate: str, region: str, secret: str, provided: bytes) -> Verdict:
+    """The one SigV4 canonical request and string to sign, for the query and the header form alike.
+
+    ``headers`` (lower-case names) hold the value of every signed header, ``host`` included.
+    """
     header_lines = []
     for name in signed_headers:
-        if name == "host":
-            value = host.lower()
-        else:
-            value = headers.get(name)
-            if value is None:
-                # The signer fixed a header value this request does not carry.
-                return _deny("SignatureDoesNotMatch", _MISMATCH)
+        value = headers.get(name)
+        if value is None:
+            # The signer fixed a header value this request does not carry.
+            return _deny("SignatureDoesNotMatch", _MISMATCH)
         # Trimall on bytes: only ASCII whitespace collapses (str.split would also eat NBSP).
         header_lines.append(name.encode("ascii") + b":" + b" ".join(_raw_bytes(value).split()) + b"\n")
-    payload = query.first.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
     canonical = b"\n".join((
         _raw_bytes(method.upper()),
         _v4_canonical_uri(raw_path),
@@ -362,7 +520,7 @@ def _verify_v4(method: str, raw_path: str, query: _Query, host: str, keys: Mappi
     ))
     key = _v4_signing_key(secret, cdate, region)
     expected = hmac.digest(key, string_to_sign, "sha256").hex().encode("ascii")
-    if hmac.compare_digest(expected, query.first["X-Amz-Signature"]):
+    if hmac.compare_digest(expected, provided):
         return OK
     return _deny("SignatureDoesNotMatch", _MISMATCH)
 
@@ -396,6 +554,20 @@ def _uri_encode(data: bytes) -> bytes:
     if not data.rstrip(_UNRESERVED):
         return data
     return quote_from_bytes(data, safe="").encode("ascii")
+
+
+def canonical_target(raw_path: str, raw_query: str) -> str:
+    """The request target in S3's canonical encoding, naming what the raw one names for S3.
+
+    The path decoded once and every byte but the unreserved ones and ``/``
+    encoded; each query pair the same way, in the client's order.  A signer
+    that signs the target as written (botocore) then signs what S3 computes.
+    """
+    target = _v4_canonical_uri(raw_path)
+    pairs = [_uri_encode(name) + b"=" + _uri_encode(value or b"") for name, _, value in _Query(raw_query).pairs]
+    if pairs:
+        target += b"?" + b"&".join(pairs)
+    return target.decode("ascii")
 
 
 @functools.lru_cache(maxsize=256)

@@ -122,12 +122,12 @@ def check_headers(headers: Mapping[str, str]) -> None:
 class _ExactPoolMixin:
     """A connection pool whose requests go out with the target exactly as given."""
 
-    def send_exact(self, method: str, target: str, headers: dict[str, str], timeout: Timeout):
+    def send_exact(self, method: str, target: str, headers: dict[str, str], timeout: Timeout, body=None):
         for attempt in (1, 2):
             conn = self._get_conn()
             reused = conn.sock is not None
             try:
-                return self._make_request(conn, method, target, headers=headers, timeout=timeout,
+                return self._make_request(conn, method, target, body=body, headers=headers, timeout=timeout,
                                           retries=urllib3.Retry(0, read=False), response_conn=conn,
                                           preload_content=False, decode_content=False)
             except BaseException as exc:
@@ -135,7 +135,7 @@ class _ExactPoolMixin:
                 self._put_conn(None)  # keeps the pool's size, as urlopen does
                 # S3 may close an idle keep-alive connection just as we reuse it:
                 # GET and HEAD are safe to send once more on a fresh one.
-                if attempt == 1 and reused and _is_stale_connection(exc):
+                if attempt == 1 and reused and body is None and _is_stale_connection(exc):
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -193,8 +193,11 @@ class Upstream:
         return pool, f"http://{target.netloc}{target.target}", dict(manager.proxy_headers)
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None, *,
-                connect_timeout: float, read_timeout: float) -> urllib3.BaseHTTPResponse:
+                connect_timeout: float, read_timeout: float, body=None) -> urllib3.BaseHTTPResponse:
         """Send ``method url`` and return the open response (body unread, not decoded).
+
+        ``body``: a file to send (an SDK client's passed-through write), sized by the
+        caller's Content-Length header; such a request is never resent.
 
         The caller reads the body (``read1``/``read``) and must ``close()`` or
         ``release_conn()`` the response.  Raises Unsendable or Unreachable.
@@ -213,7 +216,8 @@ class Upstream:
         for name, value in proxy_headers.items():
             sent[name] = value
         try:
-            return pool.send_exact(method, request_target, sent, Timeout(connect=connect_timeout, read=read_timeout))
+            return pool.send_exact(method, request_target, sent, Timeout(connect=connect_timeout, read=read_timeout),
+                                   body=body)
         except UpstreamError:
             raise
         except (ValueError, TypeError) as exc:  # http.client refusing something we were asked to send

@@ -3,7 +3,9 @@
 This module owns the origin's request policy:
 
 - a request with an ``Authorization`` header is test setup (boto3 creating
-  buckets and objects) and goes to moto unchecked;
+  buckets and objects) and goes to moto unchecked -- unless it is signed
+  (SigV4) with a key of ``CREDENTIALS``: then its signature is checked as S3
+  would (what the proxy sends for SDK clients with its own credentials);
 - a presigned request (SigV2 or SigV4 query parameters) must pass
   ``sigcheck`` against ``CREDENTIALS``, else 403 with an S3 XML error;
 - an anonymous request is refused (403 AccessDenied) unless its bucket's
@@ -190,7 +192,12 @@ class OriginApp:
                    key: str, vhost_bucket: str | None = None) -> tuple[str, tuple[str, str, dict[str, str]] | None]:
         """(how the request authenticated, None or the (code, message, details) refusing it)."""
         if "authorization" in headers:
-            return "header", None
+            if sigcheck.header_access_key(headers["authorization"]) not in self.credentials:
+                return "header", None  # test setup (the admin key)
+            # A key of the table signed in the header (a proxy with credentials of its own): checked as S3 would.
+            checked = sigcheck.check_header_v4(method, raw_path, raw_query, headers, self.credentials,
+                                               now=self.clock(), region=self.region)
+            return "header-v4", None if checked.ok else (checked.code, checked.message, dict(checked.details))
         if method == "OPTIONS":
             # A CORS preflight is never authenticated at S3 (a browser sends no credentials with it, and
             # a presigned URL's signature is for GET): the bucket's CORS configuration alone answers it.

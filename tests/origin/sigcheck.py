@@ -340,3 +340,61 @@ def _check_v4(method, raw_path, pairs, headers, credentials, now, region) -> Res
             ("AWSAccessKeyId", akid), ("StringToSign", string_to_sign),
             ("SignatureProvided", params["X-Amz-Signature"]), ("CanonicalRequest", canonical)))
     return Result(True, "v4", access_key=akid)
+
+
+# --- SigV4 in the Authorization header (what the proxy sends with its own credentials) ----------
+
+
+def header_access_key(authorization: str) -> str | None:
+    """The access key id of a SigV4 Authorization header, or None for another form."""
+    m = re.match(r"AWS4-HMAC-SHA256 +Credential=([^/,\s]+)/", authorization)
+    return m.group(1) if m else None
+
+
+def check_header_v4(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str],
+                    credentials: Mapping[str, str], now: float | None = None,
+                    region: str | None = "us-east-1") -> Result:
+    """Verify a request signed in a SigV4 Authorization header, as S3 does (15 minutes of clock skew)."""
+    now = time.time() if now is None else now
+    headers = {k.lower(): v for k, v in headers.items()}
+    fields = dict(part.strip().partition("=")[::2] for part in headers["authorization"][len(V4_ALGORITHM):].split(","))
+    try:
+        scope = fields["Credential"].split("/")
+        signed_headers = fields["SignedHeaders"].split(";")
+        provided = fields["Signature"]
+    except KeyError:
+        return _fail("v4", "AuthorizationHeaderMalformed", "The authorization header is malformed.")
+    if len(scope) != 5 or scope[3] != "s3" or scope[4] != "aws4_request":
+        return _fail("v4", "AuthorizationHeaderMalformed", "The authorization header is malformed.")
+    akid, cdate, cregion, service, _ = scope
+    if region is not None and cregion != region:
+        return _fail("v4", "AuthorizationHeaderMalformed", f"the region '{cregion}' is wrong; expecting '{region}'")
+    secret = credentials.get(akid)
+    if secret is None:
+        return _fail("v4", "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+    amz_date = headers.get("x-amz-date", "")
+    try:
+        signed_at = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return _fail("v4", "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header", akid)
+    if abs(signed_at - now) > 15 * 60:
+        return _fail("v4", "RequestTimeTooSkewed",
+                     "The difference between the request time and the current time is too large.", akid)
+    if "x-amz-content-sha256" not in headers:
+        return _fail("v4", "InvalidRequest", "Missing required header for this request: x-amz-content-sha256", akid)
+    unsigned = sorted(h for h in headers if h.startswith("x-amz-") and h not in signed_headers)
+    if unsigned or "host" not in signed_headers:
+        return _fail("v4", "AccessDenied",
+                     "There were headers present in the request which were not signed: " + ", ".join(unsigned), akid)
+    pairs = parse_query(raw_query)
+    lines = "".join(f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_headers)
+    canonical = "\n".join([method.upper(), v4_canonical_uri(raw_path), v4_canonical_query(pairs), lines,
+                           ";".join(signed_headers), headers["x-amz-content-sha256"]])
+    string_to_sign = "\n".join([V4_ALGORITHM, amz_date, "/".join(scope[1:]),
+                                hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()])
+    expected = hmac.new(v4_signing_key(secret, cdate, cregion, service), string_to_sign.encode("utf-8"),
+                        hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), provided.encode("utf-8", "surrogateescape")):
+        return _fail("v4", "SignatureDoesNotMatch", _MISMATCH, akid, (
+            ("StringToSign", string_to_sign), ("CanonicalRequest", canonical)))
+    return Result(True, "v4", access_key=akid)
