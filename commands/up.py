@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from commands.common import ENV_FILE_HELP, StartError, env_file_path, load_environment
-from commands.front_door import answers_http, caddy_bind, check_port_free, open_front_door
+from commands.listeners import answers_http, caddy_bind, check_port_free, open_front_door, open_sidecar_door
 from commands.supervisor import Part, Supervisor
 from s3cache.config import Config, ConfigError, HostPort, caddy_environment
 from s3cache.layout import Layout
@@ -122,15 +122,22 @@ def running_supervisor(layout: Layout) -> int:
 
 
 def build_parts(config: Config, env: dict[str, str], caddyfile: Path,
-                front_door: socket.socket | None = None) -> list[Part]:
+                front_door: socket.socket | None = None, sidecar_door: socket.socket | None = None) -> list[Part]:
     """The parts in start order: the sidecar takes connections before Caddy forwards any to it.
 
-    ``front_door``: the listening socket Caddy serves from (commands.front_door); None: Caddy binds its own.
+    ``front_door``, ``sidecar_door``: the listening sockets Caddy and the sidecar serve from
+    (commands.listeners); None: the part binds its own.
     """
     layout = Layout(config.dir)
     layout.ensure()
     # Children must see the same configuration we validated, with S3CACHE_DIR absolute.
     child_env = dict(env, S3CACHE_DIR=config.dir, PYTHONUNBUFFERED="1")
+    sidecar_env, sidecar_fds = child_env, ()
+    sidecar_ready = lambda: listening(config.sidecar_listen)  # noqa: E731
+    if sidecar_door is not None:
+        sidecar_env = dict(child_env, SIDECAR_LISTEN_FD=str(sidecar_door.fileno()))
+        sidecar_fds = (sidecar_door.fileno(),)
+        sidecar_ready = lambda: answers_http(config.sidecar_listen)  # noqa: E731
     caddy_env = caddy_process_environment(config, layout, child_env)
     caddy_env["CADDY_ADMIN"] = CADDY_ADMIN_SOCKET
     pass_fds: tuple[int, ...] = ()
@@ -141,8 +148,7 @@ def build_parts(config: Config, env: dict[str, str], caddyfile: Path,
         caddy_ready = lambda: answers_http(config.listen)  # noqa: E731
     caddy = caddy_binary()
     return [
-        Part("sidecar", [sys.executable, "-m", "sidecar"], child_env,
-             ready=lambda: listening(config.sidecar_listen),
+        Part("sidecar", [sys.executable, "-m", "sidecar"], sidecar_env, ready=sidecar_ready, pass_fds=sidecar_fds,
              port_setting="S3CACHE_SIDECAR_LISTEN", address=str(config.sidecar_listen)),
         Part("caddy", [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], caddy_env,
              cwd=caddy_env["HOME"], ready=caddy_ready, pass_fds=pass_fds,
@@ -220,22 +226,21 @@ def run(args: argparse.Namespace) -> int:
     if front_door is None:
         check_port_free("S3CACHE_LISTEN", config.listen)
     check_tls(config)
-    if not args.front:
-        check_port_free("S3CACHE_SIDECAR_LISTEN", config.sidecar_listen)
+    sidecar_door = None if args.front else open_sidecar_door(config.sidecar_listen)
     if args.front:
         parts = build_front_parts(config, env, caddyfile)
         nodes = ", ".join(str(node) for node in config.nodes)
         print(f"s3cache: front {site(config)} -> nodes {nodes} (writes to {config.upstream})", flush=True)
         reload_parts = None
     else:
-        parts = build_parts(config, env, caddyfile, front_door)
+        parts = build_parts(config, env, caddyfile, front_door, sidecar_door)
         print("\n".join(banner(config, env_file)), flush=True)
         env_path = os.path.abspath(env_file) if env_file else None
         current = config
 
         def reload_parts() -> list[Part]:
             """The parts for the env file as it is now, with the first environment; checked before any restart."""
-            nonlocal current
+            nonlocal current, sidecar_door
             new_env = load_environment(env_path, base)
             new = Config.from_env(new_env)
             if new.dir != current.dir:
@@ -244,9 +249,13 @@ def run(args: argparse.Namespace) -> int:
                 # The front door is Caddy's by file descriptor, bound once at start.
                 raise ConfigError("S3CACHE_LISTEN: cannot change on reload (stop and start s3cache up)")
             check_tls_files(new)
+            door = sidecar_door
             if new.sidecar_listen != current.sidecar_listen:
-                check_port_free("S3CACHE_SIDECAR_LISTEN", new.sidecar_listen)
-            fresh = build_parts(new, new_env, caddyfile, front_door)
+                door = open_sidecar_door(new.sidecar_listen)
+            fresh = build_parts(new, new_env, caddyfile, front_door, door)
+            if door is not sidecar_door:  # the old sidecar keeps its own copy until it stops
+                sidecar_door.close()
+                sidecar_door = door
             current = new
             return fresh
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-
-from waitress import serve
 
 from s3cache import redact
 from s3cache.config import Config, ConfigError
 from s3cache.layout import Layout
-from sidecar import backchannel, processes
+from sidecar import backchannel, processes, serving
 from sidecar.app import create_app
 
 # Threads for everything but streamed misses: hits' access checks, misses, health, status.
 BASE_THREADS = 16
+# Seconds a stopping process gives requests in flight (below the master's and the supervisor's own limits).
+STOP_GRACE = 5.0
 FILL_NICENESS = 10
 
 
@@ -47,19 +46,17 @@ def main() -> int:
     layout = Layout(config.dir)
     layout.ensure()
     log = logging.getLogger("sidecar")
-    if config.sidecar_workers == 1:
-        # As PID 1 in a container, Python ignores SIGTERM unless told otherwise: stop cleanly on it.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        app = create_app(config)
-        processes.write_state(layout, [os.getpid()], os.getpid())
-        log.info("listening on %s, upstream %s, cache %s", listen, config.upstream, config.dir)
-        serve(app, host=listen.host, port=listen.port, **_serve_options(config))
-        return 0
     try:
-        http = processes.listen(listen)
+        http = serving.inherited_socket() or serving.bind(listen)
     except OSError as exc:
         print(f"sidecar: {processes.bind_error(exc, listen)}", file=sys.stderr)
         return 1
+    if config.sidecar_workers == 1:
+        app = create_app(config)
+        processes.write_state(layout, [os.getpid()], os.getpid())
+        log.info("listening on %s, upstream %s, cache %s", listen, config.upstream, config.dir)
+        serving.serve_until_stopped(app, http, grace=STOP_GRACE, **_serve_options(config))
+        return 0
     name = backchannel.address()
     back = backchannel.listen(name)
 
@@ -72,10 +69,11 @@ def main() -> int:
     def worker_main() -> None:
         back.close()
         app = create_app(config, link=backchannel.BackLink(name))
-        serve(app, sockets=[http], **_serve_options(config))
+        serving.serve_until_stopped(app, http, grace=STOP_GRACE, **_serve_options(config))
 
     log.info("listening on %s (%d workers and a fill process), upstream %s, cache %s",
              listen, config.sidecar_workers, config.upstream, config.dir)
+
     def fill_ready() -> bool:
         try:
             backchannel.BackLink(name).query("fills", 0.5)

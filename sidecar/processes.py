@@ -46,6 +46,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0
 STOP_GRACE = 8.0  # below the supervisor's 10 s: the children are ours to stop, not its to kill
+FILL_STOP = signal.SIGUSR2  # the master's word to the fill process to stop
 FILL_READY_TIMEOUT = 15.0  # seconds the workers wait for the fill process at start
 _PR_SET_PDEATHSIG = 1
 
@@ -64,17 +65,6 @@ def write_state(layout: Layout, workers: list[int], fill_pid: int | None, restar
         atomic.write(layout.sidecar_file, json.dumps(state))
     except OSError as exc:  # a full cache disk must not take the sidecar down
         log.warning("cannot write %s: %s", layout.sidecar_file, exc.strerror)
-
-
-def listen(address: HostPort) -> socket.socket:
-    """The one listening socket every request worker accepts from."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress sets it; never SO_REUSEPORT
-    sock.bind((address.host, address.port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 def _die_with(parent: int) -> None:
@@ -115,7 +105,9 @@ class Master:
             try:
                 _die_with(parent)
                 for sig in (signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(sig, lambda *_: sys.exit(0))
+                    # The fill process stops after the workers, on the master's word (_stop_all).
+                    signal.signal(sig, signal.SIG_IGN if role == "fill" else (lambda *_: sys.exit(0)))
+                signal.signal(FILL_STOP, lambda *_: sys.exit(0))
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the master's to act on
                 self.roles[role]()
                 code = 0
@@ -192,32 +184,46 @@ class Master:
         self._write_state()
 
     def _stop_all(self) -> None:
+        # The request workers first (they finish what is in flight: sidecar.serving), then the fill process,
+        # which they ask until their last answer (health, status). A stop signal to the whole process group
+        # (the supervisor's) reaches the fill process too: it waits for ours (FILL_STOP).
+        deadline = time.monotonic() + STOP_GRACE
+        workers = [pid for pid, role in self.children.items() if role != "fill"]
+        self._signal(workers, signal.SIGTERM)
+        self._reap(workers, deadline)
+        self._signal(list(self.children), FILL_STOP)
+        self._reap(list(self.children), deadline)
         for pid in list(self.children):
+            log.warning("sidecar %s (pid %d) did not stop; killing it", self.children[pid], pid)
+            self._signal([pid], signal.SIGKILL)
+        self._reap(list(self.children), float("inf"))
+        write_state(self.layout, [], None, self.restarts)
+
+    @staticmethod
+    def _signal(pids: list[int], sig: int) -> None:
+        for pid in pids:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + STOP_GRACE
-        while self.children:
+
+    def _reap(self, pids: list[int], deadline: float) -> None:
+        """Wait for ``pids`` to exit, until ``deadline``."""
+        waiting = set(pids)
+        while waiting & set(self.children):
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                self.children.clear()
+                return
             except InterruptedError:
                 continue
             if pid:
                 self.children.pop(pid, None)
                 continue
             if time.monotonic() > deadline:
-                for pid in self.children:
-                    log.warning("sidecar %s (pid %d) did not stop; killing it", self.children[pid], pid)
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                deadline = float("inf")
+                return
             time.sleep(0.02)
-        write_state(self.layout, [], None, self.restarts)
 
 
 def bind_error(exc: OSError, address: HostPort) -> str:

@@ -320,8 +320,8 @@ def test_reload_applies_a_changed_env_file_without_dropping_a_connection(stacks,
                 time.sleep(pause)
                 conn.request("GET", "/_s3cache/health", headers={"Connection": "close"})
                 response = conn.getresponse()
-                response.read()
-                statuses.append((pause, response.status))
+                body = response.read()
+                statuses.append((pause, response.status if response.status == 200 else (response.status, body[:300])))
             except (OSError, http.client.HTTPException) as exc:
                 statuses.append((pause, repr(exc)))
             finally:

@@ -1,6 +1,9 @@
-"""The front door's listening socket: bound once by ``s3cache up`` and handed to Caddy as a file descriptor.
+"""The listening sockets ``s3cache up`` binds once and hands down: Caddy's front door and the sidecar's.
 
-Why the supervisor holds it: Caddy's graceful reload starts the new configuration's server before it stops the
+The sidecar's (SIDECAR_LISTEN_FD, ``sidecar.serving``): held here, it outlives a sidecar restart
+(``s3cache reload``), so Caddy's connections wait in its queue for the next sidecar instead of being refused.
+
+Why the supervisor holds Caddy's: Caddy's graceful reload starts the new configuration's server before it stops the
 old one. Bound by Caddy itself, each server has its own SO_REUSEPORT socket, and the connections the kernel
 had queued on the retiring one are reset when it closes. Handed down (Caddy's ``fd/N`` network), every server
 of every configuration accepts from this one queue, which outlives them all, so a reload leaves nothing queued
@@ -59,16 +62,27 @@ def check_port_free(setting: str, address: HostPort) -> None:
     _bound(setting, address).close()
 
 
-def open_front_door(address: HostPort) -> socket.socket:
-    """The listening socket Caddy will serve from (see the module docstring); kept open by the caller."""
-    sock = _bound("S3CACHE_LISTEN", address)
+def open_listener(setting: str, address: HostPort, *, defer_accept: bool = False) -> socket.socket:
+    """A listening socket on ``address`` to hand down (see the module docstring); kept open by the caller."""
+    sock = _bound(setting, address)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
+        if defer_accept:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise _cannot_listen("S3CACHE_LISTEN", address, exc) from None
+        raise _cannot_listen(setting, address, exc) from None
     return sock
+
+
+def open_front_door(address: HostPort) -> socket.socket:
+    """The listening socket Caddy will serve from."""
+    return open_listener("S3CACHE_LISTEN", address, defer_accept=True)
+
+
+def open_sidecar_door(address: HostPort) -> socket.socket:
+    """The listening socket the sidecar will serve from (its request workers accept from it)."""
+    return open_listener("S3CACHE_SIDECAR_LISTEN", address)
 
 
 def caddy_bind(sock: socket.socket) -> str:
