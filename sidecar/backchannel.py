@@ -47,6 +47,7 @@ log = logging.getLogger("sidecar.backchannel")
 
 SEND_TIMEOUT = 2.0      # the fill process reads at once; a full buffer this long means it is stuck
 QUERY_TIMEOUT = 30.0    # a snapshot reads the access log's new lines first
+PENDING = "pending:"  # a question: is a fill of this [bucket, key] queued or running?
 HEALTH_TIMEOUT = 5.0    # health must answer a stuck fill process with "degraded", not hang
 WARNING_INTERVAL = 10.0
 MAX_LINE = 1 << 20
@@ -167,8 +168,18 @@ class RemoteFiller(Filler):
         filler.link = link
         return filler
 
-    def submit(self, ref: ObjectRef, url: str) -> bool:
-        return self.link.send({"t": "fill", "b": ref.bucket, "k": ref.key, "u": url})
+    def submit(self, ref: ObjectRef, url: str, sign=None) -> bool:
+        # A signing function cannot cross processes: the fill process signs with the proxy's own
+        # credentials itself (an SDK client's miss: sidecar.sdk), told so by "s".
+        return self.link.send({"t": "fill", "b": ref.bucket, "k": ref.key, "u": url, "s": sign is not None})
+
+    def pending(self, ref: ObjectRef) -> bool:
+        """Whether the fill process has a fill of ``ref`` queued or running (False if it cannot say)."""
+        try:
+            answer = self.link.query(PENDING + json.dumps([ref.bucket, ref.key]), QUERY_TIMEOUT)
+        except OSError:
+            return False
+        return bool(answer.get("pending"))
 
     def _record(self, result: FillResult) -> None:
         self.link.send({"t": "result", **asdict(result)})
@@ -226,8 +237,9 @@ class _Conn:
 class FillServer:
     """The fill process's loop: take jobs and counts from the workers, answer their questions."""
 
-    def __init__(self, listener: socket.socket, filler: Filler, status, admission: Admission):
+    def __init__(self, listener: socket.socket, filler: Filler, status, admission: Admission, sign=None):
         self.listener, self.filler, self.status, self.admission = listener, filler, status, admission
+        self.sign = sign  # (method, url) -> headers: the proxy's own signature, for fills an SDK's miss asked for
         self.sel = selectors.DefaultSelector()
         self._draining = False
         self._questions: list[tuple[_Conn, str]] = []
@@ -307,7 +319,7 @@ class FillServer:
     def _handle(self, msg: dict, conn: _Conn) -> None:
         kind = msg["t"]
         if kind == "fill":
-            self.filler.submit(ObjectRef(msg["b"], msg["k"]), msg["u"])
+            self.filler.submit(ObjectRef(msg["b"], msg["k"]), msg["u"], sign=self.sign if msg.get("s") else None)
         elif kind == "miss":
             self.status.collector.count_miss(bool(msg["fill"]), pid=conn.pid)
         elif kind == "admit":
@@ -341,6 +353,9 @@ class FillServer:
         try:
             if what == "snapshot":
                 answer = self.status.snapshot()
+            elif what.startswith(PENDING):
+                bucket, key = json.loads(what[len(PENDING):])
+                answer = {"pending": self.filler.pending(ObjectRef(bucket, key))}
             elif what == "fills":
                 in_progress, disk = self.filler.state()
                 answer = {"in_progress": in_progress, "disk_failure": asdict(disk) if disk else None}
@@ -362,10 +377,12 @@ class FillServer:
 def serve_fills(config: Config, listener: socket.socket) -> None:
     """The fill process: the fill pool, the counters and the collector, fed by the request workers."""
     from sidecar.status import Status  # the collector's thread starts here, never in the forking master
+    from sidecar.upstream_auth import UpstreamSigner
 
     layout = Layout(config.dir)
     filler = Filler.from_config(config, layout)
     admission = Admission(config.admit, layout)
     status = Status(config, layout, filler, admission)
     log.info("fill process: %d fill workers", config.fill_workers)
-    FillServer(listener, filler, status, admission).run()
+    signer = UpstreamSigner(config)
+    FillServer(listener, filler, status, admission, sign=lambda method, url: signer.sign(method, url, {})).run()

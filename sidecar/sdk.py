@@ -284,7 +284,7 @@ class SDK:
         whole_first = ranged or "if-match" in lheaders or "if-unmodified-since" in lheaders
         if ranged and not self.config.fill_on_range:
             return self._relay("GET", url, headers, why="range (S3CACHE_FILL_ON_RANGE=off)")
-        if os.path.isfile(final):  # filled since Caddy looked
+        if os.path.isfile(final) and self._await_cached(ref, final):  # filled since Caddy looked
             return self._serve_cached(resolved, headers, "HIT") or self._relay("GET", url, headers)
         if not self.admission.admit(ref):
             self.status.count_miss(MissPlan(url, None, "not admitted"))
@@ -312,12 +312,16 @@ class SDK:
         return self._relay("GET", url, headers, why="not cached in time")
 
     def _await_cached(self, ref, final: str) -> bool:
+        """Whether the object is cached with its metadata (S3's ETag: an If-Match part needs it), waiting for a
+        fill under way for at most RANGE_WAIT. The object is in place a moment before its metadata
+        (sidecar.fill): a fill still pending means "not yet"."""
         deadline = time.monotonic() + RANGE_WAIT
-        while not os.path.isfile(final):
-            if time.monotonic() > deadline or not self.filler.pending(ref):
-                return os.path.isfile(final)
+        while True:
+            pending = self.filler.pending(ref)
+            cached = os.path.isfile(final)
+            if not pending or time.monotonic() > deadline:
+                return cached
             time.sleep(0.05)
-        return True
 
     def _serve_cached(self, resolved: Resolved, headers: Mapping[str, str], x_cache: str) -> Response | None:
         """The cached object as S3 would answer this GET (Range, conditionals, response-*); None if it is gone."""

@@ -17,7 +17,7 @@ class _Filler:
     def __init__(self):
         self.jobs, self.results, self.disk, self.in_progress = [], [], None, 0
 
-    def submit(self, ref, url):
+    def submit(self, ref, url, sign=None):
         self.jobs.append((ref, url))
 
     def _record(self, result):
