@@ -13,6 +13,10 @@ bytes.
   this very object to this very URL; no body bytes move.
 - with ``S3CACHE_TTL``, ``verify`` and ``open`` revalidate the same way once
   an entry is older than the TTL (``open`` reaches this module only then).
+
+A URL accepted by the signature check (``verify`` without a TTL) or by S3's
+own answer (``revalidate``) gets a grant (``s3cache.grants``): Caddy serves
+its later hits alone until the grant's window ends.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from flask import Response
 from s3cache import metadata
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
-from s3cache import entries
+from s3cache import entries, grants
 from s3cache.layout import Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
-from s3cache.wire import SERVED_HEADER
+from s3cache.wire import GRANT_HEADER, SERVED_HEADER
 from sidecar import freshness, hit_headers
 from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
@@ -69,8 +73,15 @@ def serves_object(served: str | None, relative: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Grant:
+    """The grant a check that accepts this URL may leave for Caddy (``s3cache.grants``)."""
+    name: str
+    checked: grants.Identity
+
+
 def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None,
-          overrides: bool = True) -> Response:
+          overrides: bool = True, grant: Grant | None = None) -> Response:
     """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves.
 
     ``told``: S3's answer to this very URL about the same object (a revalidation),
@@ -87,6 +98,8 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
         hit_headers.record(layout, ref, told, hit.raw_query)
     result = hit_headers.answer(hit.method, hit.headers, metadata.load_headers(layout, ref),
                                 hit.raw_query if overrides else "", mtime)
+    if grant is not None:
+        grants.record(layout, ref, grant.name, grant.checked)
     resp = Response(status=result.status)
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
     del resp.headers["Content-Type"]
@@ -120,8 +133,9 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
                     hit.headers.get(SERVED_HEADER), relative)
         return deny(403, "AccessDenied", "Access Denied")
     url = resolved.upstream_url
+    grant = _grant(hit, ref, resolved.virtual, config, layout)
     if config.access == "revalidate":
-        return revalidate(hit, ref, url, config, layout, filler, session)
+        return revalidate(hit, ref, url, config, layout, filler, session, grant)
     if config.access == "verify":
         # The Host S3 would have seen: SigV4 signs it; SigV2 signs /bucket/key whatever the style.
         verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query, resolved.upstream_host,
@@ -133,7 +147,30 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
         return revalidate(hit, ref, url, config, layout, filler, session)
     # open: nobody checked the URL, so its response-* parameters are not applied.
-    return allow(hit, ref, layout, overrides=config.access != "open")
+    if config.access != "verify" or config.ttl is not None:
+        grant = None  # with a TTL, a grant would outlive the entry's freshness
+    return allow(hit, ref, layout, overrides=config.access != "open", grant=grant)
+
+
+def _grant(hit: HitRequest, ref: ObjectRef, virtual: bool, config: Config, layout: Layout) -> Grant | None:
+    """The grant this URL gets if the check accepts it, or None (grants off, or a request Caddy must check).
+
+    Written only under the name Caddy looked for: whatever either side makes
+    of a request, a grant is found only by requests Caddy names as this one.
+    """
+    if not config.grant_ttl or "Authorization" in hit.headers:
+        return None
+    part = grants.url_part(hit.method, virtual, hit.raw_query, hit.headers)
+    if part is None:
+        return None
+    name = f"{grants.window(config.grant_ttl)}_{part}"
+    if hit.headers.get(GRANT_HEADER) != name + "|":
+        return None
+    etag = grants.etag_part(metadata.load_headers(layout, ref).get("etag"))
+    if etag is None or layout.mark_path(ref, "headers").exists():
+        return None  # hits of it need the sidecar's headers, every time
+    checked = grants.Identity.of(layout.object_path(ref))
+    return None if checked is None else Grant(f"{name}_{etag}", checked)
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
@@ -162,7 +199,7 @@ def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[s
 
 
 def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
-               session: Upstream) -> Response:
+               session: Upstream, grant: Grant | None = None) -> Response:
     """Ask S3 with the client's own URL, sent byte for byte; serve only on its 304 (or an equal ETag).
 
     Fail-open (S3CACHE_REVALIDATE_ON_ERROR=open) follows only ``Unreachable``
@@ -191,10 +228,11 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
         if status == 304:
             if config.ttl is not None:
                 metadata.mark_validated(layout, ref)
-            return allow(hit, ref, layout, told=resp.headers)
+            return allow(hit, ref, layout, told=resp.headers, grant=grant)
         if status == 200:
             if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                return allow(hit, ref, layout, told=resp.headers)  # an origin that ignores If-None-Match
+                # an origin that ignores If-None-Match
+                return allow(hit, ref, layout, told=resp.headers, grant=grant)
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)

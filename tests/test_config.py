@@ -78,7 +78,8 @@ def test_code_reads_no_undocumented_variable():
     derived = {"S3CACHE_CADDY_BIND", "S3CACHE_CADDY_PORT", "S3CACHE_OBJECTS_DIR", "S3CACHE_ACCESS_LOG", "S3CACHE_SIDECAR",
                "S3CACHE_CADDY_NODES", "S3CACHE_DOMAIN_RE", "S3CACHE_BUCKET_DIR",
                "S3CACHE_CADDY_SITE", "S3CACHE_CADDY_TLS", "S3CACHE_CADDY_HTTPS", "S3CACHE_CADDY_HTTP_PORT",
-               "S3CACHE_CADDY_HTTPS_PORT", "S3CACHE_CADDY_HTTPS_SUFFIX", "S3CACHE_CADDY_TRUSTED_PROXIES"}
+               "S3CACHE_CADDY_HTTPS_PORT", "S3CACHE_CADDY_HTTPS_SUFFIX", "S3CACHE_CADDY_TRUSTED_PROXIES",
+               "S3CACHE_CADDY_GRANTS", "S3CACHE_CADDY_GRANT_DROP"}
     used = set()
     caddyfiles = [ROOT / "Caddyfile", ROOT / "Caddyfile.front"]
     for path in list(ROOT.glob("s3cache/*.py")) + list(ROOT.glob("sidecar/*.py")) + list(ROOT.glob("evictor/*.py")) + caddyfiles:
