@@ -32,7 +32,7 @@ A grant dies with its window, with the URL's expiry (Caddy's check), and with
 the object: every removal of an entry (``s3cache.entries``) and every fill
 that installs a new object removes the object's grants, and a grant written
 while its object changed is withdrawn (``record``).  The evictor removes those
-of past windows (``sweep``) and counts the rest toward the cache's bytes.
+of past windows (``evictor.housekeeping.sweep_grants``) and counts the rest toward the cache's bytes.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat as stat_mod
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -70,6 +69,12 @@ _V2_SIGNED_HEADERS = ("content-md5", "content-type")
 def window(ttl: int, now: float | None = None) -> str:
     """The window a grant made now belongs to, as Caddy writes it ({time.now.unix} less log10(ttl) digits)."""
     return str(int(time.time() if now is None else now) // ttl)
+
+
+def window_of(name: bytes) -> int | None:
+    """The window a grant's file name says it belongs to (None: not a grant's name)."""
+    m = _WINDOW.match(name)
+    return int(m.group(1)) if m else None
 
 
 def url_part(method: str, virtual: bool, raw_query: str, headers: Mapping[str, str] | None = None) -> str | None:
@@ -157,70 +162,3 @@ def _unlink(path) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-@dataclass
-class Sweep:
-    removed: int = 0       # grants of past windows, or of objects no longer cached
-    live: int = 0
-    bytes: int = 0         # allocated by the live grants and their directories: part of the cache's bytes
-    dirs: list[bytes] | None = None  # directories left empty, for pruning
-
-
-def sweep(layout: Layout, ttl: int, *, now: float, dry_run: bool = False) -> Sweep:
-    """Remove dead grants: of a window before the current one, unparseable, or whose object is gone."""
-    result = Sweep(dirs=[])
-    root = os.fsencode(layout.grants_dir)
-    objects = os.fsencode(layout.objects_dir)
-    current = int(window(ttl, now)) if ttl else None
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        rel = dirpath[len(root):]
-        object_present = _is_file(objects + rel) if rel else False
-        kept = 0
-        for name in filenames:
-            path = dirpath + b"/" + name
-            m = _WINDOW.match(name)
-            alive = object_present and m is not None and current is not None and int(m.group(1)) >= current
-            if alive:
-                kept += 1
-                result.live += 1
-                result.bytes += _allocated(path)
-            elif dry_run:
-                result.removed += 1
-            else:
-                try:
-                    os.unlink(path)
-                    result.removed += 1
-                except OSError:
-                    kept += 1
-        if rel and (kept or dirnames):
-            result.bytes += _allocated(dirpath)
-        elif rel:
-            result.dirs.append(dirpath)
-    return result
-
-
-def _is_file(path: bytes) -> bool:
-    try:
-        return stat_mod.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _allocated(path: bytes) -> int:
-    try:
-        return os.lstat(path).st_blocks * 512
-    except OSError:
-        return 0
-
-
-def prune(dirs: Iterable[bytes]) -> int:
-    """``rmdir`` directories found empty, deepest first; one refilled meanwhile stays."""
-    removed = 0
-    for d in sorted(set(dirs), key=len, reverse=True):
-        try:
-            os.rmdir(d)
-            removed += 1
-        except OSError:
-            pass
-    return removed
