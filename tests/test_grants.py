@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from s3cache import grants
 from s3cache.layout import ObjectRef
 from tests.origin.credentials import ACCESS_KEY_1, ACCESS_KEY_2, SECRET_KEY_1, SECRET_KEY_2
 from tests.stack import raw_request, wait_until
@@ -103,6 +102,8 @@ def test_a_checked_url_is_served_again_without_the_sidecar(origin, make_stack, m
             assert hit is not None, "the second hit of the URL waited for the sidecar"
             assert (hit.status_code, hit.headers["X-Cache"], hit.content) == (200, "HIT", body)
             assert hit.headers["ETag"] == s3_etag  # S3's, not file_server's
+            assert hit.headers["Content-Type"] == checked.headers["Content-Type"] == "binary/octet-stream"
+            assert hit.headers["Last-Modified"] == checked.headers["Last-Modified"]
         ranged = answered_without_sidecar(url, headers={"Range": "bytes=10-19"})
         assert (ranged.status_code, ranged.content) == (206, body[10:20])
         # Another valid URL, a HEAD of a GET-signed URL, a conditional request: checked, so they wait.

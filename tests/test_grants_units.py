@@ -1,0 +1,110 @@
+"""Grants without the stack: which URLs may have one, their windows, withdrawal, removal with the entry, the sweep."""
+
+from __future__ import annotations
+
+import os
+
+from evictor.housekeeping import prune_grant_dirs, sweep_grants
+from s3cache import entries, grants
+from s3cache.layout import Layout, ObjectRef
+
+SIG4 = "ab" * 32
+V4 = (f"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261202%2Fus-east-1%2Fs3%2Faws4_request"
+      f"&X-Amz-Date=20261202T030000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={SIG4}")
+V2 = "AWSAccessKeyId=AK&Expires=1796190000&Signature=abcdefghijklmnopqrstuvwxyz%2B%3D"
+
+
+def test_url_part_names_form_method_signature_and_expiry():
+    assert grants.url_part("GET", False, V4) == f"p_GET_v4_{SIG4}_20261202T030000Z_3600"
+    assert grants.url_part("HEAD", True, V4) == f"v_HEAD_v4_{SIG4}_20261202T030000Z_3600"
+    assert grants.url_part("GET", True, V2) == "v_GET_v2_abcdefghijklmnopqrstuvwxyz+=_1796190000"
+
+
+def test_urls_that_must_be_checked_every_time_have_no_grant_name():
+    assert grants.url_part("PUT", False, V4) is None
+    assert grants.url_part("GET", False, V4 + "&response-content-type=text%2Fhtml") is None
+    assert grants.url_part("GET", False, V4 + "&X-Amz-Signature=" + SIG4) is None  # repeated
+    assert grants.url_part("GET", False, V4.replace("SignedHeaders=host", "SignedHeaders=host%3Brange")) is None
+    assert grants.url_part("GET", False, V4.replace("X-Amz-Expires=3600", "X-Amz-Expires=")) is None
+    assert grants.url_part("GET", False, V2.replace("%2B%3D", "%2F%3D")) is None  # "/" cannot be in a name
+    assert grants.url_part("GET", False, V2, {"x-amz-date": "x"}) is None  # a header SigV2 signs
+    assert grants.url_part("GET", False, V2 + "&versionId=3") is None
+    assert grants.url_part("GET", False, "") is None
+
+
+def test_window_drops_digits_of_the_time_as_caddy_does():
+    assert grants.window(10, 1796182591.9) == "179618259"
+    assert grants.window(1, 1796182591.9) == "1796182591"
+    assert grants.window(1000, 1796182591) == "1796182"
+    assert grants.window_of(b"1796182_p_GET_x") == 1796182
+    assert grants.window_of(b"junk") is None
+
+
+def test_etag_part_takes_s3_etags_only():
+    assert grants.etag_part('"0123456789abcdef0123456789abcdef"') == "0123456789abcdef0123456789abcdef"
+    assert grants.etag_part('"0123456789abcdef0123456789abcdef-12"') == "0123456789abcdef0123456789abcdef-12"
+    assert grants.etag_part('W/"x"') is None and grants.etag_part(None) is None
+
+
+def _cached(layout: Layout, ref: ObjectRef, body: bytes = b"x") -> None:
+    path = layout.object_path(ref)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+
+
+def test_a_grant_for_a_file_replaced_meanwhile_is_withdrawn(tmp_path):
+    layout = Layout(tmp_path)
+    layout.ensure()
+    ref = ObjectRef("bkt", "dir/key")
+    _cached(layout, ref)
+    checked = grants.Identity.of(layout.object_path(ref))
+    assert grants.record(layout, ref, "1_p_GET_a", checked)
+    assert os.listdir(layout.grant_dir(ref)) == ["1_p_GET_a"]
+    _cached(layout, ref, b"new")  # a new fill: another file (size differs; inode may be reused)
+    tmp = layout.object_path(ref).with_name("other")
+    tmp.write_bytes(b"new!")
+    os.replace(tmp, layout.object_path(ref))
+    assert not grants.record(layout, ref, "1_p_GET_b", checked)
+    assert sorted(os.listdir(layout.grant_dir(ref))) == ["1_p_GET_a"]
+    layout.object_path(ref).unlink()
+    assert not grants.record(layout, ref, "1_p_GET_c", checked)
+
+
+def test_removing_an_entry_removes_its_grants(tmp_path):
+    layout = Layout(tmp_path)
+    layout.ensure()
+    ref = ObjectRef("bkt", "key")
+    _cached(layout, ref)
+    assert grants.record(layout, ref, "1_p_GET_a", grants.Identity.of(layout.object_path(ref)))
+    assert entries.remove(layout, ref).outcome == "removed"
+    assert not layout.grant_dir(ref).exists()
+
+
+def test_the_sweep_removes_grants_of_past_windows_and_of_objects_gone(tmp_path):
+    layout = Layout(tmp_path)
+    layout.ensure()
+    now = 1796182591
+    live, gone = ObjectRef("bkt", "a/live"), ObjectRef("bkt", "a/gone")
+    _cached(layout, live)
+    current, past = grants.window(10, now), grants.window(10, now - 10)
+    for ref in (live, gone):
+        d = layout.grant_dir(ref)
+        d.mkdir(parents=True)
+        for w in (current, past):
+            (d / f"{w}_p_GET_x").touch()
+    (layout.grant_dir(live) / "not-a-grant").touch()
+
+    dry = sweep_grants(layout, 10, now=now, dry_run=True)
+    assert (dry.removed, dry.live) == (4, 1)
+    assert len(os.listdir(layout.grant_dir(gone))) == 2
+
+    swept = sweep_grants(layout, 10, now=now)
+    assert (swept.removed, swept.live) == (4, 1)
+    assert os.listdir(layout.grant_dir(live)) == [f"{current}_p_GET_x"]
+    assert swept.bytes > 0  # the live grant's directory takes space
+    assert prune_grant_dirs(swept.dirs) >= 1
+    assert not layout.grant_dir(gone).exists()
+    assert layout.grant_dir(live).exists()
+
+    off = sweep_grants(layout, 0, now=now)  # S3CACHE_GRANT_TTL=0: none is alive
+    assert (off.removed, off.live) == (1, 0)
