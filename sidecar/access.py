@@ -33,7 +33,7 @@ from s3cache import metadata
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
 from s3cache import entries, grants
-from s3cache.layout import Layout, ObjectRef, Uncacheable
+from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from s3cache.wire import GRANT_HEADER, SERVED_HEADER
 from sidecar import freshness, hit_headers
@@ -96,9 +96,9 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
         return deny(404, "NoSuchKey", "The specified key does not exist.")
     if told is not None:
         hit_headers.record(layout, ref, told, hit.raw_query)
-    result = hit_headers.answer(hit.method, hit.headers, metadata.load_headers(layout, ref),
-                                hit.raw_query if overrides else "", mtime)
-    if grant is not None:
+    stored = metadata.load_headers(layout, ref)
+    result = hit_headers.answer(hit.method, hit.headers, stored, hit.raw_query if overrides else "", mtime)
+    if grant is not None and _caddy_alone_answers(layout, ref, stored):
         grants.record(layout, ref, grant.name, grant.checked)
     resp = Response(status=result.status)
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
@@ -167,10 +167,21 @@ def _grant(hit: HitRequest, ref: ObjectRef, virtual: bool, config: Config, layou
     if hit.headers.get(GRANT_HEADER) != name + "|":
         return None
     etag = grants.etag_part(metadata.load_headers(layout, ref).get("etag"))
-    if etag is None or layout.mark_path(ref, "headers").exists():
-        return None  # hits of it need the sidecar's headers, every time
+    if etag is None:
+        return None
     checked = grants.Identity.of(layout.object_path(ref))
     return None if checked is None else Grant(f"{name}_{etag}", checked)
+
+
+def _caddy_alone_answers(layout: Layout, ref: ObjectRef, stored: Mapping[str, str]) -> bool:
+    """Would a granted hit (file_server, plus the octet mark's type) carry the headers this check sends?
+
+    Judged from the headers known now (a revalidation may have told more than
+    the fill knew), against the marks Caddy will look at.
+    """
+    kind = hit_headers.mark_kind(ref.key, stored)
+    present = {k for k in MARK_KINDS if layout.mark_path(ref, k).exists()}
+    return kind != "headers" and present == ({kind} if kind else set())
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:

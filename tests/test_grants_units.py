@@ -108,3 +108,21 @@ def test_the_sweep_removes_grants_of_past_windows_and_of_objects_gone(tmp_path):
 
     off = sweep_grants(layout, 0, now=now)  # S3CACHE_GRANT_TTL=0: none is alive
     assert (off.removed, off.live) == (1, 0)
+
+
+def test_a_grant_only_where_caddy_alone_sends_the_headers_the_check_would(tmp_path):
+    from sidecar.access import _caddy_alone_answers
+
+    layout = Layout(tmp_path)
+    layout.ensure()
+    ref = ObjectRef("bkt", "x.bin")
+    octet = {"content-type": "binary/octet-stream", "etag": '"0123456789abcdef0123456789abcdef"'}
+    assert _caddy_alone_answers(layout, ref, {})
+    assert not _caddy_alone_answers(layout, ref, octet)  # no octet mark: Caddy would guess another type
+    mark = layout.mark_path(ref, "octet")
+    mark.parent.mkdir(parents=True)
+    mark.touch()
+    assert _caddy_alone_answers(layout, ref, octet)
+    # Told by a revalidation after the fill: file_server cannot send it.
+    assert not _caddy_alone_answers(layout, ref, {**octet, "content-disposition": "attachment"})
+    assert not _caddy_alone_answers(layout, ref, {**octet, "x-amz-meta-a": "1"})
