@@ -37,6 +37,7 @@ of past windows (``evictor.housekeeping.sweep_grants``) and counts the rest towa
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import shutil
@@ -101,6 +102,19 @@ def url_part(method: str, virtual: bool, raw_query: str, headers: Mapping[str, s
         if _V2_SIGNATURE.fullmatch(sig) and _V2_EXPIRES.fullmatch(expires):
             return f"{form}_{method}_v2_{sig}_{expires}"
     return None
+
+
+def unexpired(raw_query: str, now: float | None = None) -> bool:
+    """Has a URL that can have a grant (``url_part``) not expired yet?  S3's rule, as the Caddyfile checks it."""
+    params = dict(parse_qsl(raw_query, keep_blank_values=True))
+    now = time.time() if now is None else now
+    try:
+        if "X-Amz-Signature" in params:
+            signed = calendar.timegm(time.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+            return now <= signed + int(params["X-Amz-Expires"])
+        return now <= int(params["Expires"])
+    except (KeyError, ValueError):
+        return False
 
 
 def etag_part(etag: str | None) -> str | None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import parse_qsl
 
@@ -134,6 +135,8 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
         return deny(403, "AccessDenied", "Access Denied")
     url = resolved.upstream_url
     grant = _grant(hit, ref, resolved.virtual, config, layout)
+    if grant is not None and (layout.grant_dir(ref) / grant.name).is_file() and grants.unexpired(hit.raw_query):
+        return allow(hit, ref, layout)  # written since Caddy looked (a concurrent check): it stands for this URL
     if config.access == "revalidate":
         return revalidate(hit, ref, url, config, layout, filler, session, grant)
     if config.access == "verify":
@@ -147,8 +150,6 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
         return revalidate(hit, ref, url, config, layout, filler, session)
     # open: nobody checked the URL, so its response-* parameters are not applied.
-    if config.access != "verify" or config.ttl is not None:
-        grant = None  # with a TTL, a grant would outlive the entry's freshness
     return allow(hit, ref, layout, overrides=config.access != "open", grant=grant)
 
 
@@ -158,8 +159,10 @@ def _grant(hit: HitRequest, ref: ObjectRef, virtual: bool, config: Config, layou
     Written only under the name Caddy looked for: whatever either side makes
     of a request, a grant is found only by requests Caddy names as this one.
     """
-    if not config.grant_ttl or "Authorization" in hit.headers:
+    if not config.grant_ttl or "Authorization" in hit.headers or config.access == "open":
         return None
+    if config.access == "verify" and config.ttl is not None:
+        return None  # a grant would outlive the entry's freshness
     part = grants.url_part(hit.method, virtual, hit.raw_query, hit.headers)
     if part is None:
         return None
@@ -209,8 +212,47 @@ def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[s
             if name and name not in _OURS and name in present}
 
 
+@dataclass
+class _Flight:
+    """One revalidation of a grantable URL in flight: concurrent hits of the same URL wait for its answer."""
+    done: threading.Event = field(default_factory=threading.Event)
+    told: Mapping[str, str] | None = None  # S3's headers, once it confirmed the URL
+
+
+_flights: dict[str, _Flight] = {}
+_flights_lock = threading.Lock()
+
+
 def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
                session: Upstream, grant: Grant | None = None) -> Response:
+    """``ask_s3``, once for all the concurrent hits of one grantable URL (the same grant name).
+
+    When a window ends, every client of a popular URL reaches the check at
+    once; one of them asks S3 and the others take its answer if it confirmed
+    the URL (their own otherwise).  By the time a flight ends its grant is
+    written, so a later hit is Caddy's: S3 is asked about once per window.
+    """
+    if grant is None:
+        return ask_s3(hit, ref, url, config, layout, filler, session)
+    with _flights_lock:
+        flight = _flights.get(grant.name)
+        leading = flight is None
+        if leading:
+            flight = _flights[grant.name] = _Flight()
+    if not leading:
+        if flight.done.wait(sum(REVALIDATE_TIMEOUT)) and flight.told is not None:
+            return allow(hit, ref, layout, told=flight.told)
+        return ask_s3(hit, ref, url, config, layout, filler, session)
+    try:
+        return ask_s3(hit, ref, url, config, layout, filler, session, grant, flight)
+    finally:
+        with _flights_lock:
+            _flights.pop(grant.name, None)
+        flight.done.set()
+
+
+def ask_s3(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
+           session: Upstream, grant: Grant | None = None, flight: _Flight | None = None) -> Response:
     """Ask S3 with the client's own URL, sent byte for byte; serve only on its 304 (or an equal ETag).
 
     Fail-open (S3CACHE_REVALIDATE_ON_ERROR=open) follows only ``Unreachable``
@@ -236,14 +278,15 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
     keep_open = False
     try:
         status = resp.status
-        if status == 304:
-            if config.ttl is not None:
+        if status == 304 or (status == 200 and validators.get("If-None-Match")
+                             and resp.headers.get("ETag") == validators["If-None-Match"]):
+            # (a 200 with the same ETag: an origin that ignores If-None-Match)
+            if status == 304 and config.ttl is not None:
                 metadata.mark_validated(layout, ref)
+            if flight is not None:
+                flight.told = dict(resp.headers)
             return allow(hit, ref, layout, told=resp.headers, grant=grant)
         if status == 200:
-            if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                # an origin that ignores If-None-Match
-                return allow(hit, ref, layout, told=resp.headers, grant=grant)
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)

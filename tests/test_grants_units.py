@@ -126,3 +126,11 @@ def test_a_grant_only_where_caddy_alone_sends_the_headers_the_check_would(tmp_pa
     # Told by a revalidation after the fill: file_server cannot send it.
     assert not _caddy_alone_answers(layout, ref, {**octet, "content-disposition": "attachment"})
     assert not _caddy_alone_answers(layout, ref, {**octet, "x-amz-meta-a": "1"})
+
+
+def test_unexpired_reads_either_signatures_expiry():
+    signed = 1796180400  # 20261202T030000Z
+    assert grants.unexpired(V4, now=signed + 3600) and not grants.unexpired(V4, now=signed + 3601)
+    assert grants.unexpired(V2, now=1796190000) and not grants.unexpired(V2, now=1796190001)
+    assert not grants.unexpired("X-Amz-Signature=x&X-Amz-Date=junk&X-Amz-Expires=1", now=0)
+    assert not grants.unexpired("", now=0)
