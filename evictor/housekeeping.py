@@ -154,19 +154,24 @@ class GrantSweep:
 
 
 def sweep_grants(layout: Layout, ttl: int, *, now: float, dry_run: bool = False) -> GrantSweep:
-    """Remove dead grants: of a window before the current one, unparseable, or whose object is gone."""
+    """Remove dead grants: of a window before the current one, or whose object is gone; and stray files.
+
+    ``grants/<bucket>/<key>/<window>_.../<etag>``: a grant's directory is
+    named by its window and sits in the directory named like its object.
+    """
     result = GrantSweep()
     root = os.fsencode(layout.grants_dir)
     objects = os.fsencode(layout.objects_dir)
     current = int(grants.window(ttl, now)) if ttl else None
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         rel = dirpath[len(root):]
-        object_present = _is_file(objects + rel) if rel else False
+        parent, _, name = rel.rpartition(b"/")
+        made_in = grants.window_of(name)
+        alive = (bool(parent) and made_in is not None and current is not None and made_in >= current
+                 and _is_file(objects + parent))
         kept = 0
-        for name in filenames:
-            path = dirpath + b"/" + name
-            made_in = grants.window_of(name)
-            alive = object_present and made_in is not None and current is not None and made_in >= current
+        for filename in filenames:
+            path = dirpath + b"/" + filename
             if alive:
                 kept += 1
                 result.live += 1

@@ -1,12 +1,12 @@
 """Grants: a URL the sidecar accepted once, recorded where Caddy serves its later hits without asking again.
 
-A grant is an empty file ``grants/<bucket>/<key>/<name>`` (``Layout.grant_dir``).
+A grant is an empty file ``grants/<bucket>/<key>/<name>/<etag>`` (``Layout.grant_dir``).
 Caddy builds the same name from the request (the Caddyfile's ``grant_*``
 maps) and tests it with its ``file`` matcher; only then, and only while the
 URL has not expired by Caddy's own check, does file_server answer alone.
 
-    <window>_<form>_<method>_v4_<X-Amz-Signature>_<X-Amz-Date>_<X-Amz-Expires>_<etag>
-    <window>_<form>_<method>_v2_<Signature>_<Expires>_<etag>
+    <window>_<form>_<method>_v4_<X-Amz-Signature>_<X-Amz-Date>_<X-Amz-Expires>/<etag>
+    <window>_<form>_<method>_v2_<Signature>_<Expires>/<etag>
 
 - ``window``: the unix time less its last N digits, S3CACHE_GRANT_TTL = 10^N
   seconds: a grant serves until the end of the window it was made in (at
@@ -20,7 +20,9 @@ URL has not expired by Caddy's own check, does file_server answer alone.
   grant.  A SigV2 signature with a ``/`` cannot be a file name: such URLs are
   always checked.
 - ``etag``: S3's ETag without its quotes, which Caddy sends on grant hits
-  (file_server's own is mtime+size); Caddy reads it back from the matched name.
+  (file_server's own is mtime+size); Caddy finds it with a glob (``<name>/*``)
+  and reads it from the matched path.  A directory of its own per grant, so
+  that glob reads one entry, however many URLs an object has grants for.
 
 Only what file_server alone answers as the checked path would is granted
 (``grantable``): no response-* or other parameter beyond the signature's own,
@@ -139,14 +141,18 @@ class Identity:
         return cls(st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
 
 
-def record(layout: Layout, ref: ObjectRef, name: str, checked: Identity) -> bool:
+def path(layout: Layout, ref: ObjectRef, name: str, etag: str):
+    return layout.grant_dir(ref) / name / etag
+
+
+def record(layout: Layout, ref: ObjectRef, name: str, etag: str, checked: Identity) -> bool:
     """Write the grant ``name`` for ``ref``; True if it stands.  Best effort: a grant is only a shortcut."""
-    directory = layout.grant_dir(ref)
-    path = directory / name
+    directory = layout.grant_dir(ref) / name
+    grant = directory / etag
     for _ in range(3):  # the evictor may prune the directory between makedirs and open
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+            os.close(os.open(grant, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
             break
         except FileNotFoundError:
             continue
@@ -157,7 +163,11 @@ def record(layout: Layout, ref: ObjectRef, name: str, checked: Identity) -> bool
     # A removal or a new fill of the object removes its grants after changing the file: seen changed here,
     # the grant may have been written after that removal, so it goes.
     if Identity.of(layout.object_path(ref)) != checked:
-        _unlink(path)
+        _unlink(grant)
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
         return False
     return True
 

@@ -10,7 +10,7 @@ module hands it, the sidecar's fills, the evictor) goes through here.
                                send itself (sidecar/hit_headers.py); open-mode hits of it ask the sidecar
       marks/octet/<bucket>/<key>    empty: its Content-Type is S3's default binary/octet-stream and
                                nothing else needs the sidecar; Caddy sets that type itself
-      grants/<bucket>/<key>/<grant>  empty: Caddy serves this exact URL without asking the sidecar
+      grants/<bucket>/<key>/<grant>/<etag>  empty: Caddy serves this exact URL without asking the sidecar
                                until the window in its name ends (s3cache/grants.py)
       tmp/<sha256>.part        a fill in progress; its flock *is* the entry's lock (s3cache/entries.py)
       tmp/<sha256>.link.part   a fill's second name for its finished file, renamed into objects/

@@ -78,6 +78,7 @@ def serves_object(served: str | None, relative: str) -> bool:
 class Grant:
     """The grant a check that accepts this URL may leave for Caddy (``s3cache.grants``)."""
     name: str
+    etag: str
     checked: grants.Identity
 
 
@@ -100,7 +101,7 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
     stored = metadata.load_headers(layout, ref)
     result = hit_headers.answer(hit.method, hit.headers, stored, hit.raw_query if overrides else "", mtime)
     if grant is not None and _caddy_alone_answers(layout, ref, stored):
-        grants.record(layout, ref, grant.name, grant.checked)
+        grants.record(layout, ref, grant.name, grant.etag, grant.checked)
     resp = Response(status=result.status)
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
     del resp.headers["Content-Type"]
@@ -135,7 +136,8 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
         return deny(403, "AccessDenied", "Access Denied")
     url = resolved.upstream_url
     grant = _grant(hit, ref, resolved.virtual, config, layout)
-    if grant is not None and (layout.grant_dir(ref) / grant.name).is_file() and grants.unexpired(hit.raw_query):
+    if (grant is not None and grants.path(layout, ref, grant.name, grant.etag).is_file()
+            and grants.unexpired(hit.raw_query)):
         return allow(hit, ref, layout)  # written since Caddy looked (a concurrent check): it stands for this URL
     if config.access == "revalidate":
         return revalidate(hit, ref, url, config, layout, filler, session, grant)
@@ -173,7 +175,7 @@ def _grant(hit: HitRequest, ref: ObjectRef, virtual: bool, config: Config, layou
     if etag is None:
         return None
     checked = grants.Identity.of(layout.object_path(ref))
-    return None if checked is None else Grant(f"{name}_{etag}", checked)
+    return None if checked is None else Grant(name, etag, checked)
 
 
 def _caddy_alone_answers(layout: Layout, ref: ObjectRef, stored: Mapping[str, str]) -> bool:

@@ -72,7 +72,7 @@ class Req:
 
     def grant_name(self, now: int) -> str | None:
         part = grants.url_part(self.method, self.virtual, self.query(now))
-        return None if part is None else f"{grants.window(TTL)}_{part}_{ETAG}"
+        return None if part is None else f"{grants.window(TTL)}_{part}"
 
 
 def _date(offset: int) -> str:
@@ -170,7 +170,7 @@ def check(grant_stack, a: Req, b: Req) -> None:
     a, b = (replace(r, date=r.date or today) for r in (a, b))
     name = a.grant_name(now)
     assert name is not None
-    grant = grant_stack.layout.grant_dir(ObjectRef(a.bucket, a.key)) / name
+    grant = grants.path(grant_stack.layout, ObjectRef(a.bucket, a.key), name, ETAG)
     grant.parent.mkdir(parents=True, exist_ok=True)
     grant.touch()
     try:
@@ -186,3 +186,4 @@ def check(grant_stack, a: Req, b: Req) -> None:
             assert not body.startswith(f"{a.bucket}/{a.key}".encode())
     finally:
         grant.unlink()
+        grant.parent.rmdir()

@@ -58,16 +58,17 @@ def test_a_grant_for_a_file_replaced_meanwhile_is_withdrawn(tmp_path):
     ref = ObjectRef("bkt", "dir/key")
     _cached(layout, ref)
     checked = grants.Identity.of(layout.object_path(ref))
-    assert grants.record(layout, ref, "1_p_GET_a", checked)
+    assert grants.record(layout, ref, "1_p_GET_a", "e", checked)
     assert os.listdir(layout.grant_dir(ref)) == ["1_p_GET_a"]
+    assert grants.path(layout, ref, "1_p_GET_a", "e").is_file()
     _cached(layout, ref, b"new")  # a new fill: another file (size differs; inode may be reused)
     tmp = layout.object_path(ref).with_name("other")
     tmp.write_bytes(b"new!")
     os.replace(tmp, layout.object_path(ref))
-    assert not grants.record(layout, ref, "1_p_GET_b", checked)
+    assert not grants.record(layout, ref, "1_p_GET_b", "e", checked)
     assert sorted(os.listdir(layout.grant_dir(ref))) == ["1_p_GET_a"]
     layout.object_path(ref).unlink()
-    assert not grants.record(layout, ref, "1_p_GET_c", checked)
+    assert not grants.record(layout, ref, "1_p_GET_c", "e", checked)
 
 
 def test_removing_an_entry_removes_its_grants(tmp_path):
@@ -75,7 +76,7 @@ def test_removing_an_entry_removes_its_grants(tmp_path):
     layout.ensure()
     ref = ObjectRef("bkt", "key")
     _cached(layout, ref)
-    assert grants.record(layout, ref, "1_p_GET_a", grants.Identity.of(layout.object_path(ref)))
+    assert grants.record(layout, ref, "1_p_GET_a", "e", grants.Identity.of(layout.object_path(ref)))
     assert entries.remove(layout, ref).outcome == "removed"
     assert not layout.grant_dir(ref).exists()
 
@@ -88,23 +89,25 @@ def test_the_sweep_removes_grants_of_past_windows_and_of_objects_gone(tmp_path):
     _cached(layout, live)
     current, past = grants.window(10, now), grants.window(10, now - 10)
     for ref in (live, gone):
-        d = layout.grant_dir(ref)
-        d.mkdir(parents=True)
         for w in (current, past):
-            (d / f"{w}_p_GET_x").touch()
+            g = grants.path(layout, ref, f"{w}_p_GET_x", "e")
+            g.parent.mkdir(parents=True)
+            g.touch()
     (layout.grant_dir(live) / "not-a-grant").touch()
 
     dry = sweep_grants(layout, 10, now=now, dry_run=True)
     assert (dry.removed, dry.live) == (4, 1)
-    assert len(os.listdir(layout.grant_dir(gone))) == 2
+    assert len(os.listdir(layout.grant_dir(gone))) == 2 and grants.path(layout, gone, f"{past}_p_GET_x", "e").exists()
 
     swept = sweep_grants(layout, 10, now=now)
     assert (swept.removed, swept.live) == (4, 1)
+    assert grants.path(layout, live, f"{current}_p_GET_x", "e").exists()
+    assert not grants.path(layout, live, f"{past}_p_GET_x", "e").exists()
+    assert not (layout.grant_dir(live) / "not-a-grant").exists()
+    assert swept.bytes > 0  # the live grant's directories take space
+    assert prune_grant_dirs(swept.dirs) >= 3  # the dead grants' directories
     assert os.listdir(layout.grant_dir(live)) == [f"{current}_p_GET_x"]
-    assert swept.bytes > 0  # the live grant's directory takes space
-    assert prune_grant_dirs(swept.dirs) >= 1
-    assert not layout.grant_dir(gone).exists()
-    assert layout.grant_dir(live).exists()
+    assert os.listdir(layout.grant_dir(gone)) == []  # pruned by the next pass
 
     off = sweep_grants(layout, 0, now=now)  # S3CACHE_GRANT_TTL=0: none is alive
     assert (off.removed, off.live) == (1, 0)
