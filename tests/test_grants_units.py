@@ -137,3 +137,27 @@ def test_unexpired_reads_either_signatures_expiry():
     assert grants.unexpired(V2, now=1796190000) and not grants.unexpired(V2, now=1796190001)
     assert not grants.unexpired("X-Amz-Signature=x&X-Amz-Date=junk&X-Amz-Expires=1", now=0)
     assert not grants.unexpired("", now=0)
+
+
+def test_an_eviction_pass_sweeps_grants_and_counts_the_live_ones_as_cache_bytes(tmp_path):
+    import time
+
+    from evictor.run import run_pass
+    from s3cache.config import Config
+    from s3cache.usage import FsUsage
+
+    layout = Layout(tmp_path)
+    layout.ensure()
+    now = time.time()
+    cached, gone = ObjectRef("bkt", "a"), ObjectRef("bkt", "gone")
+    _cached(layout, cached, b"x" * 100)
+    for ref, w in ((cached, grants.window(10, now)), (cached, grants.window(10, now - 10)),
+                   (gone, grants.window(10, now))):
+        g = grants.path(layout, ref, f"{w}_p_GET_x", "e")
+        g.parent.mkdir(parents=True, exist_ok=True)
+        g.touch()
+    config = Config.from_env({"S3CACHE_DIR": str(tmp_path), "S3CACHE_GRANT_TTL": "10"})
+    summary = run_pass(config, usage=lambda: FsUsage(used=0, avail=10 ** 15), now=lambda: now)
+    assert summary.grants_removed == 2
+    assert summary.bytes_after > 100  # the object and the directories of its live grant
+    assert os.listdir(layout.grant_dir(cached)) == [f"{grants.window(10, now)}_p_GET_x"]
