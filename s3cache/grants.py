@@ -45,7 +45,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 from urllib.parse import parse_qsl
 
 from s3cache.layout import Layout, ObjectRef
