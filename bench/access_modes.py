@@ -7,6 +7,11 @@ object (from the origin's own presigner), with the same settings for every
 mode, rounds interleaved.  In ``revalidate`` every hit costs a conditional
 request to that origin, which is moto in Python: slow, far slower than S3's
 own front end, so those figures are a floor set by the test origin, not by s3cache.
+
+wrk repeats one URL, so ``verify`` and ``revalidate`` (S3CACHE_GRANT_TTL as
+shipped) measure a URL seen before: served on its grant, by Caddy alone, with
+one check per window.  ``verify-checked`` and ``revalidate-checked``
+(S3CACHE_GRANT_TTL=0) check every hit, as a URL seen for the first time is.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from tests.origin.fixture import start_origin
 
 BUCKET = "bench-access"
 SIZES = [("4 KiB", 4 * KiB), ("1 MiB", MiB)]
-MODES = ["open", "verify", "revalidate"]
+MODES = ["open", "verify", "revalidate", "verify-checked", "revalidate-checked"]
 TARGET_VERIFY_1MIB = 0.5
+# Issue 15: hits of a URL seen before (a grant) against open.
+TARGETS = {("verify", "4 KiB"): 0.8, ("verify", "1 MiB"): 0.9, ("revalidate", "4 KiB"): 0.8,
+           ("revalidate", "1 MiB"): 0.9}
 
 
 def run(ctx: Context) -> dict:
@@ -37,8 +45,11 @@ def run(ctx: Context) -> dict:
             s3.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(size))
             urls[label] = (key, origin.presign(BUCKET, key, expires=6 * 3600))
         for mode in MODES:
-            env = {"S3CACHE_ACCESS": mode, "S3CACHE_EVICT_INTERVAL": "3600"}
-            if mode == "verify":
+            access, _, checked = mode.partition("-")
+            env = {"S3CACHE_ACCESS": access, "S3CACHE_EVICT_INTERVAL": "3600"}
+            if checked:
+                env["S3CACHE_GRANT_TTL"] = "0"
+            if access == "verify":
                 env["S3CACHE_SIGNING_KEYS"] = f"{ACCESS_KEY_1}:{SECRET_KEY_1}"
             stacks[mode] = stack = BenchStack(ctx.dir(f"access/{mode}"), origin.url, **env).start()
             for label, size in SIZES:
@@ -79,4 +90,5 @@ def run(ctx: Context) -> dict:
                 "runs": [round(r["req_per_s"], 1) for r in rs],
             })
     return {"settings": vars(ctx.wrk) | {"rounds": ctx.rounds}, "table": table,
-            "target_verify_1mib": TARGET_VERIFY_1MIB}
+            "target_verify_1mib": TARGET_VERIFY_1MIB,
+            "targets": [{"mode": m, "size": s, "target": t} for (m, s), t in TARGETS.items()]}

@@ -13,6 +13,8 @@
   the scan): a fill writes a mark *before* renaming the object in, so only old
   ones are orphans, and the object is looked for once more right before the
   unlink.
+- ``grants/...`` (``s3cache.grants``) of a window before the current one, or
+  whose object is gone; what stays is counted toward the cache's bytes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import fcntl
 import os
 import stat as stat_mod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from evictor.remove import object_for_meta, unlink
 from evictor.report import Errors
+from s3cache import grants
 from s3cache.layout import TEMP_SUFFIX, Layout
 
 # Long enough for any fill to get from writing metadata to renaming its object,
@@ -140,3 +143,75 @@ def remove_orphan_metas(layout: Layout, candidates: list[bytes], *, now: float, 
             swept.bytes += st.st_size
             swept.dirs.append(os.path.dirname(meta))
     return swept
+
+
+@dataclass
+class GrantSweep:
+    removed: int = 0       # grants of past windows, or of objects no longer cached
+    live: int = 0
+    bytes: int = 0         # allocated by the live grants and their directories: part of the cache's bytes
+    dirs: list[bytes] = field(default_factory=list)  # directories left empty, for pruning
+
+
+def sweep_grants(layout: Layout, ttl: int, *, now: float, dry_run: bool = False) -> GrantSweep:
+    """Remove dead grants: of a window before the current one, or whose object is gone; and stray files.
+
+    ``grants/<bucket>/<key>/<window>_.../<etag>``: a grant's directory is
+    named by its window and sits in the directory named like its object.
+    """
+    result = GrantSweep()
+    root = os.fsencode(layout.grants_dir)
+    objects = os.fsencode(layout.objects_dir)
+    current = int(grants.window(ttl, now)) if ttl else None
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        rel = dirpath[len(root):]
+        parent, _, name = rel.rpartition(b"/")
+        made_in = grants.window_of(name)
+        alive = (bool(parent) and made_in is not None and current is not None and made_in >= current
+                 and _is_file(objects + parent))
+        kept = 0
+        for filename in filenames:
+            path = dirpath + b"/" + filename
+            if alive:
+                kept += 1
+                result.live += 1
+                result.bytes += _allocated(path)
+            elif dry_run:
+                result.removed += 1
+            else:
+                try:
+                    os.unlink(path)
+                    result.removed += 1
+                except OSError:
+                    kept += 1
+        if rel and (kept or dirnames):
+            result.bytes += _allocated(dirpath)
+        elif rel:
+            result.dirs.append(dirpath)
+    return result
+
+
+def _is_file(path: bytes) -> bool:
+    try:
+        return stat_mod.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _allocated(path: bytes) -> int:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def prune_grant_dirs(dirs: Iterable[bytes]) -> int:
+    """``rmdir`` directories found empty, deepest first; one refilled meanwhile stays."""
+    removed = 0
+    for d in sorted(set(dirs), key=len, reverse=True):
+        try:
+            os.rmdir(d)
+            removed += 1
+        except OSError:
+            pass
+    return removed

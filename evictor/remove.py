@@ -2,7 +2,7 @@
 
 - An object is removed with a plain ``unlink``: a response being served from
   it keeps its open file and finishes; the next request is a miss.
-- An object goes with its metadata and marks by ``s3cache.entries``, the one
+- An object goes with its metadata, marks and grants by ``s3cache.entries``, the one
   removal every part uses, under the entry's lock: an object whose fill (a
   refresh) is running is skipped, never removed under the fill's feet.
 - Directories are only ever removed with ``os.rmdir``, which fails on anything
@@ -39,13 +39,17 @@ def marks_for_object(layout: Layout, object_path: bytes) -> list[bytes]:
     return [os.fsencode(p) for p in layout.mark_paths_for_object_file(os.fsdecode(object_path))]
 
 
+def grants_for_object(layout: Layout, object_path: bytes) -> bytes:
+    return os.fsencode(layout.grant_dir_for_object_file(os.fsdecode(object_path)))
+
+
 def object_for_meta(layout: Layout, meta_path: bytes) -> bytes:
     return os.fsencode(layout.object_path_for_meta_file(os.fsdecode(meta_path)))
 
 
 def remove_object(layout: Layout, object_path: bytes, meta_path: bytes, errors: Errors,
                   mark_paths: Iterable[bytes] = ()) -> bool:
-    """Remove an object with its metadata and marks; True if the object was ours to remove.
+    """Remove an object with its metadata, marks and grants; True if the object was ours to remove.
 
     Under the entry's lock when the path names a key a fill could write
     (anything else no fill ever touches); a locked entry is left alone.
@@ -54,10 +58,11 @@ def remove_object(layout: Layout, object_path: bytes, meta_path: bytes, errors: 
         errors.add(os.fsdecode(path), exc)
 
     ref = layout.ref_for_object_file(os.fsdecode(object_path))
+    grant_dir = grants_for_object(layout, object_path)
     try:
         tmp = str(layout.temp_path(ref))
     except UnicodeEncodeError:  # an undecodable name: no fill's
-        return remove_files(object_path, meta_path, mark_paths, on_error)
+        return remove_files(object_path, meta_path, mark_paths, on_error, grant_dir)
     try:
         fd = try_lock(tmp)
     except OSError as exc:
@@ -66,7 +71,7 @@ def remove_object(layout: Layout, object_path: bytes, meta_path: bytes, errors: 
     if fd is None:
         return False  # being filled (refreshed) right now: not a victim
     try:
-        return remove_files(object_path, meta_path, mark_paths, on_error)
+        return remove_files(object_path, meta_path, mark_paths, on_error, grant_dir)
     finally:
         release(fd, tmp)
 

@@ -56,6 +56,7 @@ class PassSummary:
     atimes_refreshed: int = 0     # of which the atime was moved forward
     temp_removed: int = 0
     orphan_meta_removed: int = 0
+    grants_removed: int = 0
     dirs_removed: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)

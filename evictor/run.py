@@ -15,7 +15,8 @@ import time
 from typing import Callable
 
 from evictor import accesslog
-from evictor.housekeeping import GRACE_SECONDS, OnRemove, remove_orphan_metas, sweep_temp
+from evictor.housekeeping import (GRACE_SECONDS, OnRemove, prune_grant_dirs, remove_orphan_metas, sweep_grants,
+                                  sweep_temp)
 from evictor.policy import bytes_to_free, frequency_keys, key_estimate, lru_order
 from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent
 from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove_object
@@ -96,6 +97,11 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         result = scan(layout, now=started, grace=grace, should_stop=should_stop,
                       atime_overrides=hit_paths if dry_run else None)
         errors.merge(result.errors)
+        # Grants of past windows, or of objects gone, go; the rest are part of the cache's bytes.
+        granted = sweep_grants(layout, config.grant_ttl, now=started, dry_run=dry_run)
+        summary.grants_removed = granted.removed
+        result.bytes += granted.bytes
+        result.alloc_bytes += granted.bytes
         table = result.table
         summary.scanned_files = result.files
         summary.bytes_before = result.bytes
@@ -156,6 +162,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         summary.temp_removed, summary.orphan_meta_removed = temp.files, orphans.files
         if not dry_run:
             summary.dirs_removed = prune_dirs(layout, [*emptied, *orphans.dirs, *result.empty_dirs])
+            summary.dirs_removed += prune_grant_dirs(granted.dirs)
             # Saved only now: on a full disk this write may fail until the
             # removals above made room, and a cursor not saved only means
             # the same hits are replayed (harmlessly) next time.

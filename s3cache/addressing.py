@@ -42,6 +42,7 @@ class Resolved:
     virtual: bool        # the bucket came from the Host (or S3CACHE_BUCKET), not the path
     upstream_url: str    # where S3 answers this exact request
     upstream_host: str   # the Host that URL carries (what SigV4 signs)
+    host_in_path: bool = False  # /<original host>/<path>: the host came from the path
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class Addressing:
             return None
         target = slash + rest if slash else "/"
         parsed = parse_uri(target + sep + raw_query, bucket=found.bucket)
-        return Resolved(parsed, found.bucket is not None, found.origin + target + sep + raw_query, found.segment)
+        return Resolved(parsed, found.bucket is not None, found.origin + target + sep + raw_query, found.segment,
+                        host_in_path=True)
 
     def resolve_url(self, url: str) -> Resolved:
         """An S3 URL as a client holds it (for `s3cache warm`): path-style, virtual-hosted under the

@@ -145,6 +145,20 @@ def _positive_float(value: str) -> float:
     return n
 
 
+def _grant_ttl(value: str) -> int:
+    """0 (no grants) or a power of ten: Caddy tells a grant's window by dropping digits of the time."""
+    n = int(value)
+    if n < 0 or (n and str(n).rstrip("0") != "1") or n > 10 ** 9:
+        raise ValueError(f"expected 0 or a power of ten up to 1000000000 (1, 10, 100 ...), got {value!r}")
+    return n
+
+
+def _caddy_grants(ttl: int) -> dict[str, str]:
+    # A window is the unix time less its last log10(ttl) digits: the regexp that matches those digits.
+    return {"S3CACHE_CADDY_GRANTS": "on" if ttl else "off",
+            "S3CACHE_CADDY_GRANT_DROP": "[0-9]" * (len(str(ttl)) - 1 if ttl else 0)}
+
+
 def _price(value: str) -> float:
     n = float(value)
     if not 0 <= n < 1e6 or n != n:
@@ -469,6 +483,11 @@ class Config:
     cors_max_age: int = setting(
         "3000", _non_negative_int,
         "With S3CACHE_CORS_ORIGINS: seconds a browser may keep a preflight's answer (Access-Control-Max-Age).")
+    grant_ttl: int = setting(
+        "10", _grant_ttl,
+        "verify and revalidate: seconds a URL the sidecar accepted is served by Caddy alone (a grant) "
+        "before it is checked again: S3's revocation latency. 0 or a power of ten; 0: check every hit.",
+        caddy=_caddy_grants)
     fill_on_range: bool = setting(
         "on", _on_off,
         "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES).")

@@ -8,8 +8,8 @@ else that changes an entry takes the same lock: a purge waits for it
 an entry whose fill is running.  So a purge racing a fill leaves either
 nothing or the new complete object with its metadata, never half of either.
 
-Removal (``remove_files``): the object goes first, its metadata and marks
-second: a crash in between leaves an orphaned metadata file or mark (swept by
+Removal (``remove_files``): the object goes first, its metadata, marks and
+grants (``s3cache.grants``) second: a crash in between leaves an orphaned metadata file or mark (swept by
 the evictor), never a served object without its metadata.  An object being
 served when it is unlinked finishes its response.
 
@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
-from s3cache import metadata, objectlock, sizelog
+from s3cache import grants, metadata, objectlock, sizelog
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 
 # How long a purge waits for a running fill of the same object by default.
@@ -47,8 +47,8 @@ def unlink(path, on_error: Callable[[object, OSError], None] | None = None) -> b
 
 
 def remove_files(object_path, meta_path, mark_paths: Iterable = (),
-                 on_error: Callable[[object, OSError], None] | None = None) -> bool:
-    """Unlink an object, then its metadata and marks; True if the object was there to remove.
+                 on_error: Callable[[object, OSError], None] | None = None, grant_dir=None) -> bool:
+    """Unlink an object, then its metadata, marks and grants; True if the object was there to remove.
 
     The one sequence every removal uses (purge, the access check, the evictor).
     Callers hold the entry's lock where they can name it; paths are str or bytes.
@@ -58,6 +58,8 @@ def remove_files(object_path, meta_path, mark_paths: Iterable = (),
     unlink(meta_path, on_error)
     for mark in mark_paths:
         unlink(mark, on_error)
+    if grant_dir is not None:
+        grants.remove_dir(grant_dir)
     return True
 
 
@@ -82,6 +84,7 @@ def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "pur
     try:
         obj, meta = layout.object_path(ref), layout.meta_path(ref)
         marks = [layout.mark_path(ref, kind) for kind in MARK_KINDS]
+        grant_dir = layout.grant_dir(ref)
     except Uncacheable as exc:
         return Removal(ref.bucket, ref.key, "absent", detail=f"never cached: {exc}")
     tmp = str(layout.temp_path(ref))
@@ -100,7 +103,7 @@ def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "pur
         except OSError as exc:
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         try:
-            removed = remove_files(obj, meta, marks)
+            removed = remove_files(obj, meta, marks, grant_dir=grant_dir)
         except OSError as exc:
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         if not removed:

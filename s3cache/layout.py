@@ -10,6 +10,8 @@ module hands it, the sidecar's fills, the evictor) goes through here.
                                send itself (sidecar/hit_headers.py); open-mode hits of it ask the sidecar
       marks/octet/<bucket>/<key>    empty: its Content-Type is S3's default binary/octet-stream and
                                nothing else needs the sidecar; Caddy sets that type itself
+      grants/<bucket>/<key>/<grant>/<etag>  empty: Caddy serves this exact URL without asking the sidecar
+                               until the window in its name ends (s3cache/grants.py)
       tmp/<sha256>.part        a fill in progress; its flock *is* the entry's lock (s3cache/entries.py)
       tmp/<sha256>.link.part   a fill's second name for its finished file, renamed into objects/
       run/size-journal.jsonl   the cache's size changes since the last eviction pass (s3cache/sizelog.py)
@@ -19,7 +21,7 @@ module hands it, the sidecar's fills, the evictor) goes through here.
       run/cache-bytes          the cache's bytes, kept by fills and passes (s3cache.ledger)
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
-``tmp``, ``meta`` and ``marks`` are siblings of ``objects`` on the same filesystem, so the
+``tmp``, ``meta``, ``marks`` and ``grants`` are siblings of ``objects`` on the same filesystem, so the
 final rename of a fill is atomic and nothing half-written is ever inside the
 served tree.  S3 keys may legitimately contain ``.tmp/`` or ``meta/``; since
 those names only exist *beside* the served root, no key can reach them.
@@ -48,6 +50,7 @@ OBJECTS = "objects"
 META = "meta"
 MARKS = "marks"
 MARK_KINDS = ("headers", "octet")
+GRANTS = "grants"
 TMP = "tmp"
 RUN = "run"
 LOGS = "logs"
@@ -115,6 +118,7 @@ class Layout:
         self.meta_dir = self.root / META
         self.marks_dir = self.root / MARKS
         self.mark_dirs = {kind: self.marks_dir / kind for kind in MARK_KINDS}
+        self.grants_dir = self.root / GRANTS
         self.tmp_dir = self.root / TMP
         self.run_dir = self.root / RUN
         self.logs_dir = self.root / LOGS
@@ -129,7 +133,7 @@ class Layout:
         self.cache_bytes_file = self.run_dir / "cache-bytes"  # s3cache.ledger: the cache's bytes, kept at fill time
 
     def ensure(self) -> None:
-        for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.tmp_dir, self.run_dir,
+        for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.grants_dir, self.tmp_dir, self.run_dir,
                   self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -151,6 +155,10 @@ class Layout:
     def mark_path(self, ref: ObjectRef, kind: str = "headers") -> Path:
         """Present while file_server alone would answer the object's hits wrongly (Caddy tests it)."""
         return self._inside(self.mark_dirs[kind], self.relative_path(ref))
+
+    def grant_dir(self, ref: ObjectRef) -> Path:
+        """The object's grants, one file each (named by ``s3cache.grants``); goes with the object."""
+        return self._inside(self.grants_dir, self.relative_path(ref))
 
     def temp_path(self, ref: ObjectRef) -> Path:
         """Where a fill of ``ref`` streams to; flock on it means a fill is running."""
@@ -176,6 +184,9 @@ class Layout:
     def mark_paths_for_object_file(self, object_file: os.PathLike | str) -> list[Path]:
         rel = os.path.relpath(object_file, self.objects_dir)
         return [d / rel for d in self.mark_dirs.values()]
+
+    def grant_dir_for_object_file(self, object_file: os.PathLike | str) -> Path:
+        return self.grants_dir / os.path.relpath(object_file, self.objects_dir)
 
     def object_path_for_meta_file(self, meta_file: os.PathLike | str) -> Path:
         """The object of a metadata file, or of a mark."""

@@ -18,6 +18,9 @@ CLIENT_IP_HEADER = "X-S3cache-Client-Ip"
 # On the access check only: the file Caddy matched, relative to objects/, ended by "|" (waitress
 # strips trailing spaces).  The sidecar refuses a hit unless it is the object it authorized.
 SERVED_HEADER = "X-S3cache-Served"
+# On the access check only: the grant Caddy looked for and did not find (window and URL part of its
+# name, s3cache/grants.py, ended by "|"); the sidecar writes one only under this very name.
+GRANT_HEADER = "X-S3cache-Grant"
 
 # -- the sidecar's own endpoints ----------------------------------------------------------------
 

@@ -13,13 +13,18 @@ bytes.
   this very object to this very URL; no body bytes move.
 - with ``S3CACHE_TTL``, ``verify`` and ``open`` revalidate the same way once
   an entry is older than the TTL (``open`` reaches this module only then).
+
+A URL accepted by the signature check (``verify`` without a TTL) or by S3's
+own answer (``revalidate``) gets a grant (``s3cache.grants``): Caddy serves
+its later hits alone until the grant's window ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import parse_qsl
 
@@ -28,10 +33,10 @@ from flask import Response
 from s3cache import metadata
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
-from s3cache import entries
-from s3cache.layout import Layout, ObjectRef, Uncacheable
+from s3cache import entries, grants
+from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
-from s3cache.wire import SERVED_HEADER
+from s3cache.wire import GRANT_HEADER, SERVED_HEADER
 from sidecar import cors, freshness, hit_headers
 from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
@@ -69,8 +74,16 @@ def serves_object(served: str | None, relative: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Grant:
+    """The grant a check that accepts this URL may leave for Caddy (``s3cache.grants``)."""
+    name: str
+    etag: str
+    checked: grants.Identity
+
+
 def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, str] | None = None,
-          overrides: bool = True, extra: Mapping[str, str] | None = None) -> Response:
+          overrides: bool = True, extra: Mapping[str, str] | None = None, grant: Grant | None = None) -> Response:
     """Let Caddy serve the file, with S3's headers; or answer a conditional request ourselves.
 
     ``told``: S3's answer to this very URL about the same object (a revalidation),
@@ -86,8 +99,10 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
         return deny(404, "NoSuchKey", "The specified key does not exist.")
     if told is not None:
         hit_headers.record(layout, ref, told, hit.raw_query)
-    result = hit_headers.answer(hit.method, hit.headers, metadata.load_headers(layout, ref),
-                                hit.raw_query if overrides else "", mtime)
+    stored = metadata.load_headers(layout, ref)
+    result = hit_headers.answer(hit.method, hit.headers, stored, hit.raw_query if overrides else "", mtime)
+    if grant is not None and _caddy_alone_answers(layout, ref, stored):
+        grants.record(layout, ref, grant.name, grant.etag, grant.checked)
     resp = Response(status=result.status)
     # Caddy copies this answer's headers onto the hit: none but S3's may be there (not Flask's text/html).
     del resp.headers["Content-Type"]
@@ -122,8 +137,13 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
                     hit.headers.get(SERVED_HEADER), relative)
         return deny(403, "AccessDenied", "Access Denied")
     url = resolved.upstream_url
+    # Host-in-path URLs get none: a grant's name binds the form of path-style and virtual-hosted URLs only.
+    grant = None if resolved.host_in_path else _grant(hit, ref, resolved.virtual, config, layout)
+    if (grant is not None and grants.path(layout, ref, grant.name, grant.etag).is_file()
+            and grants.unexpired(hit.raw_query)):
+        return allow(hit, ref, layout)  # written since Caddy looked (a concurrent check): it stands for this URL
     if config.access == "revalidate":
-        return revalidate(hit, ref, url, config, layout, filler, session)
+        return revalidate(hit, ref, url, config, layout, filler, session, grant)
     if config.access == "verify":
         # The Host S3 would have seen: SigV4 signs it; SigV2 signs /bucket/key whatever the style.
         verdict = verify_presigned(hit.method, parsed.raw_path, parsed.raw_query, resolved.upstream_host,
@@ -135,7 +155,41 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     if config.ttl is not None and freshness.age(layout, ref) > config.ttl:
         return revalidate(hit, ref, url, config, layout, filler, session)
     # open: nobody checked the URL, so its response-* parameters are not applied.
-    return allow(hit, ref, layout, overrides=config.access != "open")
+    return allow(hit, ref, layout, overrides=config.access != "open", grant=grant)
+
+
+def _grant(hit: HitRequest, ref: ObjectRef, virtual: bool, config: Config, layout: Layout) -> Grant | None:
+    """The grant this URL gets if the check accepts it, or None (grants off, or a request Caddy must check).
+
+    Written only under the name Caddy looked for: whatever either side makes
+    of a request, a grant is found only by requests Caddy names as this one.
+    """
+    if not config.grant_ttl or "Authorization" in hit.headers or config.access == "open":
+        return None
+    if config.access == "verify" and config.ttl is not None:
+        return None  # a grant would outlive the entry's freshness
+    part = grants.url_part(hit.method, virtual, hit.raw_query, hit.headers)
+    if part is None:
+        return None
+    name = f"{grants.window(config.grant_ttl)}_{part}"
+    if hit.headers.get(GRANT_HEADER) != name + "|":
+        return None
+    etag = grants.etag_part(metadata.load_headers(layout, ref).get("etag"))
+    if etag is None:
+        return None
+    checked = grants.Identity.of(layout.object_path(ref))
+    return None if checked is None else Grant(name, etag, checked)
+
+
+def _caddy_alone_answers(layout: Layout, ref: ObjectRef, stored: Mapping[str, str]) -> bool:
+    """Would a granted hit (file_server, plus the octet mark's type) carry the headers this check sends?
+
+    Judged from the headers known now (a revalidation may have told more than
+    the fill knew), against the marks Caddy will look at.
+    """
+    kind = hit_headers.mark_kind(ref.key, stored)
+    present = {k for k in MARK_KINDS if layout.mark_path(ref, k).exists()}
+    return kind != "headers" and present == ({kind} if kind else set())
 
 
 def _cached_validators(layout: Layout, ref: ObjectRef) -> dict[str, str]:
@@ -163,8 +217,48 @@ def _signed_client_headers(raw_query: str, headers: Mapping[str, str]) -> dict[s
             if name and name not in _OURS and name in present}
 
 
+@dataclass
+class _Flight:
+    """One revalidation of a grantable URL in flight: concurrent hits of the same URL wait for its answer."""
+    done: threading.Event = field(default_factory=threading.Event)
+    told: Mapping[str, str] | None = None  # S3's headers, once it confirmed the URL
+
+
+_flights: dict[str, _Flight] = {}
+_flights_lock = threading.Lock()
+
+
 def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
-               session: Upstream) -> Response:
+               session: Upstream, grant: Grant | None = None) -> Response:
+    """``ask_s3``, once for all the concurrent hits of one grantable URL (the same grant name).
+
+    When a window ends, every client of a popular URL reaches the check at
+    once; one of them asks S3 and the others take its answer if it confirmed
+    the URL (their own otherwise).  By the time a flight ends its grant is
+    written, so a later hit is Caddy's: S3 is asked about once per window.
+    """
+    if grant is None or cors.client_origin(hit.headers):
+        # (A browser's request: S3's CORS answer is for its Origin alone, not to be shared.)
+        return ask_s3(hit, ref, url, config, layout, filler, session, grant)
+    with _flights_lock:
+        flight = _flights.get(grant.name)
+        leading = flight is None
+        if leading:
+            flight = _flights[grant.name] = _Flight()
+    if not leading:
+        if flight.done.wait(sum(REVALIDATE_TIMEOUT)) and flight.told is not None:
+            return allow(hit, ref, layout, told=flight.told)
+        return ask_s3(hit, ref, url, config, layout, filler, session)
+    try:
+        return ask_s3(hit, ref, url, config, layout, filler, session, grant, flight)
+    finally:
+        with _flights_lock:
+            _flights.pop(grant.name, None)
+        flight.done.set()
+
+
+def ask_s3(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: Layout, filler: Filler,
+           session: Upstream, grant: Grant | None = None, flight: _Flight | None = None) -> Response:
     """Ask S3 with the client's own URL, sent byte for byte; serve only on its 304 (or an equal ETag).
 
     Fail-open (S3CACHE_REVALIDATE_ON_ERROR=open) follows only ``Unreachable``
@@ -193,13 +287,15 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
     s3_cors = cors.with_vary_origin(cors.from_s3(resp.headers), config)
     try:
         status = resp.status
-        if status == 304:
-            if config.ttl is not None:
+        if status == 304 or (status == 200 and validators.get("If-None-Match")
+                             and resp.headers.get("ETag") == validators["If-None-Match"]):
+            # (a 200 with the same ETag: an origin that ignores If-None-Match)
+            if status == 304 and config.ttl is not None:
                 metadata.mark_validated(layout, ref)
-            return allow(hit, ref, layout, told=resp.headers, extra=s3_cors)
+            if flight is not None:
+                flight.told = dict(resp.headers)
+            return allow(hit, ref, layout, told=resp.headers, extra=s3_cors, grant=grant)
         if status == 200:
-            if validators.get("If-None-Match") and resp.headers.get("ETag") == validators["If-None-Match"]:
-                return allow(hit, ref, layout, told=resp.headers, extra=s3_cors)  # an origin that ignores If-None-Match
             # Changed at the origin: the client gets nothing stale.
             if hit.method == "GET":
                 keep_open = filler.refresh(ref, url, resp)

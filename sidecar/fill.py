@@ -45,7 +45,7 @@ import http.client
 
 import urllib3
 
-from s3cache import entries, metadata, objectlock, sizelog
+from s3cache import entries, grants, metadata, objectlock, sizelog
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
@@ -487,6 +487,9 @@ class Filler:
                 linked = self._publish(ref, tmp, final)
         except OverCap:
             raise FillFailed("over-cap", f"{size} bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)") from None
+        # After the new file is in place: a grant made for the old one either goes here or is withdrawn by its
+        # writer, which looks at the file again (s3cache.grants.record).
+        grants.remove(self.layout, ref)
         for other in MARK_KINDS:
             if other != kind:
                 self._unmark(ref, other)

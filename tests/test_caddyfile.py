@@ -28,7 +28,7 @@ def test_the_caddyfile_spells_the_wire_names_as_the_sidecar_does():
     text = (ROOT / "Caddyfile").read_text()
     # The headers Caddy adds on the way to the sidecar are the ones it reads.
     sent = set(re.findall(r"header_up (X-S3cache-[\w-]+) ", text))
-    assert sent == {wire.RAW_URI_HEADER, wire.HOST_HEADER, wire.CLIENT_IP_HEADER, wire.SERVED_HEADER}
+    assert sent == {wire.RAW_URI_HEADER, wire.HOST_HEADER, wire.CLIENT_IP_HEADER, wire.SERVED_HEADER, wire.GRANT_HEADER}
     # The access check (forward_auth spelled out) asks the sidecar's auth endpoint, and clients never can.
     assert re.findall(r"^\t+rewrite (\S+)$", text, re.M) == [wire.AUTH_PATH]
     assert re.search(rf"@auth_endpoint path {re.escape(wire.AUTH_PATH)}$", text, re.M)
