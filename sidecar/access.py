@@ -139,8 +139,10 @@ def check_hit(hit: HitRequest, config: Config, layout: Layout, filler: Filler,
     url = resolved.upstream_url
     # Host-in-path URLs get none: a grant's name binds the form of path-style and virtual-hosted URLs only.
     grant = None if resolved.host_in_path else _grant(hit, ref, resolved.virtual, config, layout)
+    # (Not for a browser's request in revalidate: S3's CORS answer for its Origin goes on the hit.)
     if (grant is not None and grants.path(layout, ref, grant.name, grant.etag).is_file()
-            and grants.unexpired(hit.raw_query)):
+            and grants.unexpired(hit.raw_query)
+            and not (config.access == "revalidate" and cors.client_origin(hit.headers))):
         return allow(hit, ref, layout)  # written since Caddy looked (a concurrent check): it stands for this URL
     if config.access == "revalidate":
         return revalidate(hit, ref, url, config, layout, filler, session, grant)
