@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import queue
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -572,6 +574,48 @@ class StreamedMiss:
     body: Iterable[bytes]
 
 
+class _BackgroundMD5:
+    """MD5 of the chunks handed to ``update``, computed on a thread of its own.
+
+    hashlib releases the GIL while it hashes a large buffer, as the socket read
+    and the file write do: on a second core the hash of one chunk runs while
+    the next is read and written, instead of after it (bench/miss_path.py:
+    a fill with an MD5 ETag against one without). Chunks are immutable bytes;
+    at most QUEUED wait, so a slow hash slows the fill rather than filling memory.
+    The thread ends with ``hexdigest``, or when this object is dropped (a failed
+    fill): it never holds a reference to it.
+    """
+
+    QUEUED = 8
+
+    def __init__(self):
+        self._md5 = hashlib.md5()
+        self._chunks: queue.SimpleQueue = queue.SimpleQueue()
+        self._room = threading.BoundedSemaphore(self.QUEUED)
+        self._thread = threading.Thread(target=self._run, args=(self._md5, self._chunks, self._room),
+                                        name="fill-md5", daemon=True)
+        self._thread.start()
+        weakref.finalize(self, self._chunks.put, None)
+        self._hex: str | None = None
+
+    @staticmethod
+    def _run(md5, chunks: queue.SimpleQueue, room: threading.BoundedSemaphore) -> None:
+        while (chunk := chunks.get()) is not None:
+            md5.update(chunk)
+            room.release()
+
+    def update(self, chunk: bytes) -> None:
+        self._room.acquire()
+        self._chunks.put(bytes(chunk))
+
+    def hexdigest(self) -> str:
+        if self._hex is None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._hex = self._md5.hexdigest()
+        return self._hex
+
+
 class _CacheFile:
     """The temp file a fill writes: every byte checked in, MD5 and size checked before it is kept.
 
@@ -582,7 +626,7 @@ class _CacheFile:
 
     def __init__(self, fd: int, expected: int, md5_expected: str | None):
         self.fd, self.expected, self.md5_expected = fd, expected, md5_expected
-        self.digest = hashlib.md5() if md5_expected else None
+        self.digest = _BackgroundMD5() if md5_expected else None
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
