@@ -25,11 +25,26 @@ STOP_GRACE = 5.0
 FILL_NICENESS = 10
 
 
+class _ShortQueues(logging.Filter):
+    """waitress warns whenever one request waits for a thread. A burst does that for a moment (the
+    connections Caddy queued while a sidecar restarted, answered at once): only a queue as deep as the
+    thread pool is worth a warning."""
+
+    def __init__(self, threads: int):
+        super().__init__()
+        self.threads = threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        depth = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not isinstance(depth, int) or depth >= self.threads
+
+
 def _serve_options(config: Config) -> dict:
     # Misses answer in microseconds; threads cover slow clients, not slow work.  Streamed
     # misses (and SDK clients' requests, with signing keys: sidecar/sdk.py) do hold a thread each: they get
     # S3CACHE_STREAM_MAX threads on top of the rest.
     threads = BASE_THREADS + (config.stream_max if config.miss == "stream" or config.keys() else 0)
+    logging.getLogger("waitress.queue").addFilter(_ShortQueues(threads))
     return {"threads": threads, "ident": "s3cache-sidecar", "channel_timeout": 30,
             "clear_untrusted_proxy_headers": True}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,38 @@ BIN = Path(sys.executable).parent
 DETERMINISTIC_EVICTION = {"S3CACHE_EVICT_HIGH": "100", "S3CACHE_EVICT_LOW": "99"}
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 below the kernel's ephemeral range.
+
+    Not port 0's pick: that comes from the ephemeral range, from which every outgoing connection also
+    takes its local port, so one of the suite's thousands of client connections could hold it by the
+    time the stack binds it ("already in use"). Below the range only listeners take ports.
+    """
+    low = 10000
+    for _ in range(1000):
+        port = random.randrange(low, max(low + 1, _EPHEMERAL_LOW))
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):

@@ -27,7 +27,7 @@ from s3cache import wire
 from s3cache.addressing import Addressing, split_host_port
 from tests.caddymap import map_entries, map_value
 from tests.rawhttp import parse_response
-from tests.stack import BIN, FrontStack, Stack, raw_request, wait_until
+from tests.stack import BIN, FrontStack, free_port, Stack, raw_request, wait_until
 from tests.test_host_canonical import hosts
 
 pytestmark = pytest.mark.integration
@@ -405,14 +405,7 @@ def test_caddy_error_logs_redact_signatures_front_and_node(origin, make_front, t
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    return [free_port() for _ in range(n)]  # distinct: free_port never hands out a port twice
 
 
 def listening(port: int) -> bool:
