@@ -90,14 +90,23 @@ def caddy_bind(sock: socket.socket) -> str:
     return f"fd/{sock.fileno()}"
 
 
+def loopback_for(address: HostPort) -> HostPort:
+    """Where to reach a listener bound to ``address`` from this machine."""
+    if address.host in ("0.0.0.0", ""):
+        return HostPort("127.0.0.1", address.port)
+    if address.host == "::":
+        return HostPort("::1", address.port)
+    return address
+
+
 def answers_http(address: HostPort) -> bool:
     """True once something answers HTTP on ``address``.
 
     A connect alone proves nothing here: the kernel completes handshakes on the held socket before Caddy
     accepts any. Any status line will do; our own health endpoint is the request.
     """
-    host = "127.0.0.1" if address.host in ("0.0.0.0", "") else ("::1" if address.host == "::" else address.host)
-    conn = http.client.HTTPConnection(host, address.port, timeout=0.5)
+    target = loopback_for(address)
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=0.5)
     try:
         conn.request("GET", "/_s3cache/health", headers={"Connection": "close"})
         conn.getresponse().read()

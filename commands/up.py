@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from commands.common import ENV_FILE_HELP, StartError, env_file_path, load_environment
-from commands.listeners import answers_http, caddy_bind, check_port_free, open_front_door, open_sidecar_door
+from commands.listeners import (answers_http, caddy_bind, check_port_free, loopback_for, open_front_door,
+                                open_sidecar_door)
 from commands.supervisor import Part, Supervisor
 from s3cache.config import Config, ConfigError, HostPort, caddy_environment
 from s3cache.layout import Layout
@@ -56,17 +57,8 @@ def caddy_process_environment(config: Config, layout: Layout, base: dict[str, st
     return env
 
 
-def _loopback_for(address: HostPort) -> HostPort:
-    """Where to reach a listener bound to ``address`` from this machine."""
-    if address.host in ("0.0.0.0", ""):
-        return HostPort("127.0.0.1", address.port)
-    if address.host == "::":
-        return HostPort("::1", address.port)
-    return address
-
-
 def listening(address: HostPort) -> bool:
-    target = _loopback_for(address)
+    target = loopback_for(address)
     try:
         with socket.create_connection((target.host, target.port), timeout=0.5):
             return True
@@ -122,36 +114,28 @@ def running_supervisor(layout: Layout) -> int:
 
 
 def build_parts(config: Config, env: dict[str, str], caddyfile: Path,
-                front_door: socket.socket | None = None, sidecar_door: socket.socket | None = None) -> list[Part]:
+                front_door: socket.socket, sidecar_door: socket.socket) -> list[Part]:
     """The parts in start order: the sidecar takes connections before Caddy forwards any to it.
 
-    ``front_door``, ``sidecar_door``: the listening sockets Caddy and the sidecar serve from
-    (commands.listeners); None: the part binds its own.
+    ``front_door``, ``sidecar_door``: the listening sockets Caddy and the sidecar serve from, held by
+    this process (commands.listeners). A connect to them succeeds before the part accepts: a part is
+    ready once it answers HTTP.
     """
     layout = Layout(config.dir)
     layout.ensure()
     # Children must see the same configuration we validated, with S3CACHE_DIR absolute.
     child_env = dict(env, S3CACHE_DIR=config.dir, PYTHONUNBUFFERED="1")
-    sidecar_env, sidecar_fds = child_env, ()
-    sidecar_ready = lambda: listening(config.sidecar_listen)  # noqa: E731
-    if sidecar_door is not None:
-        sidecar_env = dict(child_env, SIDECAR_LISTEN_FD=str(sidecar_door.fileno()))
-        sidecar_fds = (sidecar_door.fileno(),)
-        sidecar_ready = lambda: answers_http(config.sidecar_listen)  # noqa: E731
+    sidecar_env = dict(child_env, SIDECAR_LISTEN_FD=str(sidecar_door.fileno()))
     caddy_env = caddy_process_environment(config, layout, child_env)
     caddy_env["CADDY_ADMIN"] = CADDY_ADMIN_SOCKET
-    pass_fds: tuple[int, ...] = ()
-    caddy_ready = lambda: listening(config.listen)  # noqa: E731
-    if front_door is not None:
-        caddy_env["S3CACHE_CADDY_BIND"] = caddy_bind(front_door)
-        pass_fds = (front_door.fileno(),)
-        caddy_ready = lambda: answers_http(config.listen)  # noqa: E731
+    caddy_env["S3CACHE_CADDY_BIND"] = caddy_bind(front_door)
     caddy = caddy_binary()
     return [
-        Part("sidecar", [sys.executable, "-m", "sidecar"], sidecar_env, ready=sidecar_ready, pass_fds=sidecar_fds,
+        Part("sidecar", [sys.executable, "-m", "sidecar"], sidecar_env,
+             ready=lambda: answers_http(config.sidecar_listen), pass_fds=(sidecar_door.fileno(),),
              port_setting="S3CACHE_SIDECAR_LISTEN", address=str(config.sidecar_listen)),
         Part("caddy", [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], caddy_env,
-             cwd=caddy_env["HOME"], ready=caddy_ready, pass_fds=pass_fds,
+             cwd=caddy_env["HOME"], ready=lambda: answers_http(config.listen), pass_fds=(front_door.fileno(),),
              # S3CACHE_TLS=files: --force loads an unchanged configuration again too, so renewed
              # certificate files are read (Caddy does not watch them).
              reload_argv=[caddy, "reload", "--config", str(caddyfile), "--adapter", "caddyfile",
@@ -176,7 +160,7 @@ def status_url(config: Config) -> str:
         # Only the certificate's names are answered over HTTPS (a wildcard's own name is not one of them).
         name = next((n for n in config.tls_names if not n.startswith("*.")), config.tls_names[0].replace("*", "www", 1))
         return f"https://{name}:{config.listen.port}/"
-    local = _loopback_for(config.listen)
+    local = loopback_for(config.listen)
     return f"http://{local}/"
 
 
@@ -223,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     lock = lock_cache_dir(layout, front=args.front)  # noqa: F841 -- held until we exit
     # The supervisor binds the front door and Caddy serves from it: reloads drop nothing queued.
     front_door = None if args.front else open_front_door(config.listen)
-    if front_door is None:
+    if args.front:
         check_port_free("S3CACHE_LISTEN", config.listen)
     check_tls(config)
     sidecar_door = None if args.front else open_sidecar_door(config.sidecar_listen)
