@@ -11,13 +11,10 @@ front's for the tier.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import shlex
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
@@ -31,6 +28,7 @@ from tests.deploy.hostsetup import require_debs, require_namespaces, require_roo
 from tests.deploy.netns import Relay, entered
 from tests.deploy.target import Target, inventory
 from tests.origin.credentials import ACCESS_KEY_1, REGION, SECRET_KEY_1
+from tests.reload_clients import ReloadClients, assert_nothing_dropped
 from tests.stack import wait_until
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
@@ -290,55 +288,25 @@ def test_systemctl_reload_drops_no_connection(deployment):
     original = node.ssh("cat /etc/s3cache/caddy.env").stdout
     assert 'S3CACHE_UPSTREAM="http://127.0.0.1:9000"' in original
     changed = original.replace('S3CACHE_UPSTREAM="http://127.0.0.1:9000"', 'S3CACHE_UPSTREAM="http://127.0.0.1:9001"')
-    statuses: list = []
-    stop = threading.Event()
-
-    def poll(pause: float):
-        # A new connection per request; some clients pause between connecting and sending, as over a network.
-        with entered(node.netns.name):
-            while not stop.is_set():
-                conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
-                try:
-                    conn.connect()
-                    time.sleep(pause)
-                    conn.request("GET", "/_s3cache/health", headers={"Connection": "close"})
-                    response = conn.getresponse()
-                    response.read()
-                    statuses.append((pause, response.status))
-                except (OSError, http.client.HTTPException) as exc:
-                    statuses.append((pause, repr(exc)))
-                finally:
-                    conn.close()
 
     def reload_with(text: str) -> None:
         # A changed value, so each reload is a real configuration swap (Caddy skips an unchanged one).
         out = node.ssh(f"printf %s {shlex.quote(text)} > /etc/s3cache/caddy.env && systemctl reload s3cache-caddy")
         assert out.returncode == 0, out.stdout + out.stderr
 
-    pollers = [threading.Thread(target=poll, args=(pause,), daemon=True) for pause in (0, 0, 0.05, 0.2)]
-    for poller in pollers:
-        poller.start()
     try:
-        wait_until(lambda: len(statuses) > 3, 30, what="the clients to start")
-        reload_with(changed)
-        with entered(node.netns.name):  # the swap happened: Caddy's own redirect of a write names the new value
-            moved = requests.put(PROXY + "/b/k", allow_redirects=False, timeout=10)
-        assert moved.headers["Location"] == "http://127.0.0.1:9001/b/k"
-        reload_with(original)
-        done = len(statuses)
-        wait_until(lambda: len(statuses) > done + 20, 30, what="requests after the reloads")
+        with ReloadClients(8080, enter=lambda: entered(node.netns.name)) as clients:
+            wait_until(lambda: len(clients.results) > 3, 30, what="the clients to start")
+            reload_with(changed)
+            with entered(node.netns.name):  # the swap happened: Caddy's own redirect of a write names the new value
+                moved = requests.put(PROXY + "/b/k", allow_redirects=False, timeout=10)
+            assert moved.headers["Location"] == "http://127.0.0.1:9001/b/k"
+            reload_with(original)
+            done = len(clients.results)
+            wait_until(lambda: len(clients.results) > done + 20, 30, what="requests after the reloads")
     finally:
-        stop.set()
-        for poller in pollers:
-            poller.join(timeout=15)
         node.ssh(f"printf %s {shlex.quote(original)} > /etc/s3cache/caddy.env && systemctl reload s3cache-caddy")
-    # Nothing queued is reset and no connection that waits before sending is closed (both were, with Caddy
-    # binding its own SO_REUSEPORT socket). Left: a connection whose request is read by the retiring
-    # configuration in the very instant it stops can be closed unanswered, which a client resends (a GET/HEAD):
-    # at most one per reload, and only for clients that send at once.
-    failed = [(pause, x) for pause, x in statuses if x != 200]
-    assert all(pause == 0 and "RemoteDisconnected" in str(x) for pause, x in failed), failed[:5]
-    assert len(failed) <= 2, failed
+    assert_nothing_dropped(clients.results, reloads=2)
 
 
 def test_a_second_run_changes_nothing(deployment):
