@@ -66,13 +66,29 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
             rows.append((f"Access {row['mode']} ÷ open, {row['size']} hits",
                          f"{_x(row['vs_open'])} ({_num(row['req_per_s'])} req/s, p99 {row['p99_ms']:.1f} ms)",
                          f"≥ {target}×" if target else "—", _status(row["vs_open"] >= target) if target else "—"))
+        for row in acc.get("revalidate_origin_per_window", []):
+            most = acc["max_origin_per_window"]
+            rows.append((f"Access revalidate, {row['size']}: origin requests per URL per "
+                         f"{acc['grant_ttl']} s grant window",
+                         f"{row['max']:.2f} at most (per round: {', '.join(f'{v:.2f}' for v in row['runs'])})",
+                         f"≤ {most}", _status(row["max"] <= most)))
     miss = results.get("miss", {})
     if "redirects" in miss:
         red = miss["redirects"]
         side = red["table"][0]
+        t = red.get("targets")
         rows.append((f"Miss redirect, {red['connections']} clients: p50 / p99",
                      f"{side['p50_ms']:.1f} / {side['p99_ms']:.1f} ms ({_x(red['p50_vs_caddy'], 1)} / "
-                     f"{_x(red['p99_vs_caddy'], 1)} Caddy's own redirect; {_num(side['req_per_s'])} req/s)", "—", "—"))
+                     f"{_x(red['p99_vs_caddy'], 1)} Caddy's own redirect; {_num(side['req_per_s'])} req/s)",
+                     f"p99 < {t['p99_ms']} ms" if t else "—", _status(side["p99_ms"] < t["p99_ms"]) if t else "—"))
+        if t:
+            rows.append((f"Miss redirects/s, {red['connections']} clients ÷ Caddy's own redirect",
+                         f"{_x(red['rps_vs_caddy'], 3)} ({_num(side['req_per_s'])} req/s)",
+                         f"≥ {_x(t['rps_vs_caddy'], 3)} (3× the {t['before_req_per_s']:,} req/s of before, "
+                         "as a share of Caddy's)", _status(red["rps_vs_caddy"] >= t["rps_vs_caddy"])))
+            rows.append(("Miss redirects/s with fills queued ÷ without (a flood of fills)",
+                         _x(red["rps_vs_no_fill"]), f"≥ {t['vs_no_fill']}× (not halved)",
+                         _status(red["rps_vs_no_fill"] >= t["vs_no_fill"])))
         for row in red["table"][1:]:
             rows.append((f"  same, {row['kind']}", f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms "
                          f"({_num(row['req_per_s'])} req/s)", "—", "—"))

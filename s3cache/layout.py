@@ -175,6 +175,11 @@ class Layout:
         digest = hashlib.sha256(ref.name.encode("utf-8")).hexdigest()
         return self.tmp_dir / f"{digest}.meta{TEMP_SUFFIX}"
 
+    def check_lock_path(self, ref: ObjectRef, grant_name: str) -> Path:
+        """flock on it: one sidecar process asks S3 about this grantable URL, the others wait for its grant."""
+        digest = hashlib.sha256(f"{ref.name}\0{grant_name}".encode("utf-8", "surrogatepass")).hexdigest()
+        return self.tmp_dir / f"{digest}.check{TEMP_SUFFIX}"
+
     # -- paths -> object (for the evictor) --------------------------------------
 
     def meta_path_for_object_file(self, object_file: os.PathLike | str) -> Path:

@@ -33,7 +33,7 @@ from flask import Response
 from s3cache import metadata
 from s3cache.config import Config
 from s3cache.httpdate import format_http_date
-from s3cache import entries, grants
+from s3cache import entries, grants, objectlock
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.request_path import BadRequest
 from s3cache.wire import GRANT_HEADER, SERVED_HEADER
@@ -249,11 +249,26 @@ def revalidate(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout
             flight = _flights[grant.name] = _Flight()
     if not leading:
         if flight.done.wait(sum(REVALIDATE_TIMEOUT)) and flight.told is not None:
-            return allow(hit, ref, layout, told=flight.told)
+            # (told is empty when the leader took another process's grant: nothing new to record)
+            return allow(hit, ref, layout, told=flight.told or None)
         return ask_s3(hit, ref, url, config, layout, filler, session)
+    # The request workers share no memory: the leaders of one URL in each process take turns on a lock
+    # file, and a leader that finds the grant written meanwhile by another process's answer takes it.
+    lock_path = str(layout.check_lock_path(ref, grant.name))
+    lock = None
     try:
+        try:
+            lock = objectlock.acquire_within(lock_path, sum(REVALIDATE_TIMEOUT))
+        except OSError:
+            lock = None  # (no tmp dir, a full disk: ask S3 uncoordinated, as before)
+        if (lock is not None and grants.path(layout, ref, grant.name, grant.etag).is_file()
+                and grants.unexpired(hit.raw_query)):
+            flight.told = {}
+            return allow(hit, ref, layout)
         return ask_s3(hit, ref, url, config, layout, filler, session, grant, flight)
     finally:
+        if lock is not None:
+            objectlock.release(lock, lock_path)
         with _flights_lock:
             _flights.pop(grant.name, None)
         flight.done.set()
