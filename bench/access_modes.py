@@ -23,6 +23,7 @@ import math
 import os
 import time
 
+from bench import cpu
 from bench.common import KiB, MiB, Context, median, ratio, rotated
 from bench.servers import BenchStack
 from bench.wrk import run_wrk
@@ -83,9 +84,12 @@ def run(ctx: Context) -> dict:
                 for mode in rotated(MODES, round_no):
                     stack = stacks[mode]
                     origin.reset()
+                    groups = cpu.stack_pids(stack) | {"origin": [origin.proc.pid]}
+                    before = cpu.snapshot(groups)
                     started = time.time()
                     r = run_wrk(stack.proxied(urls[label][1]), ctx.wrk, payload_bytes=size)
                     ended = time.time()
+                    r["cpu_ms"] = cpu.ms_per_request(before, cpu.snapshot(groups), r["requests"])
                     runs[label][mode].append(r)
                     if mode == "revalidate":
                         key = f"/{BUCKET}/{urls[label][0]}"
@@ -111,6 +115,7 @@ def run(ctx: Context) -> dict:
                 "errors": sum(r["errors"] for r in rs),
                 "vs_open": median(ratio(a["req_per_s"], b["req_per_s"]) for a, b in zip(rs, runs[label]["open"])),
                 "runs": [round(r["req_per_s"], 1) for r in rs],
+                "cpu_ms": {part: median(r["cpu_ms"][part] for r in rs) for part in rs[0]["cpu_ms"]},
             })
     origin_per_window = [{"size": label, "max": max(v), "runs": [round(x, 2) for x in v]}
                          for label, v in per_window.items() if v]

@@ -28,6 +28,7 @@ import subprocess
 import time
 import uuid
 
+from bench import cpu
 from bench.common import GiB, MiB, Context, median, ratio, rotated
 from bench.servers import BenchStack, origin_nginx, wait_file_growth_settles
 from bench.wrk import WrkSettings, run_wrk
@@ -73,14 +74,19 @@ def redirects(ctx: Context, stack: BenchStack, no_fill: BenchStack, single: Benc
         for kind in rotated(list(kinds), round_no):
             target, method, header = kinds[kind]
             prefix = f"/bench-miss/{nonce}-{round_no}-{method.lower()}-"
+            groups = cpu.stack_pids(target)
+            before = cpu.snapshot(groups)
             r = run_wrk(target.url + "/", settings, method=method, distinct_prefix=prefix, distinct_suffix=".bin",
                         header=header)
+            r["cpu_ms"] = cpu.ms_per_request(before, cpu.snapshot(groups), r["requests"])
             runs[kind].append(r)
             ctx.log(f"miss {kind:<48} {r['req_per_s']:8.0f} req/s p50 {r['p50_ms']:7.2f} ms "
                     f"p99 {r['p99_ms']:7.2f} ms errors {r['errors']}")
     table = [{"kind": k, "req_per_s": median(r["req_per_s"] for r in rs), "p50_ms": median(r["p50_ms"] for r in rs),
               "p99_ms": median(r["p99_ms"] for r in rs), "errors": sum(r["errors"] for r in rs),
-              "requests": sum(r["requests"] for r in rs)} for k, rs in runs.items()]
+              "requests": sum(r["requests"] for r in rs),
+              "cpu_ms": {part: median(r["cpu_ms"][part] for r in rs) for part in rs[0]["cpu_ms"]}}
+             for k, rs in runs.items()]
     side, base = runs["sidecar (GET miss)"], runs["caddy redir (DELETE)"]
     return {"connections": settings.connections, "duration": settings.duration, "table": table,
             "p50_vs_caddy": median(ratio(a["p50_ms"], b["p50_ms"]) for a, b in zip(side, base)),

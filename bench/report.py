@@ -30,6 +30,19 @@ def _status(ok: bool | None) -> str:
     return "—" if ok is None else ("**met**" if ok else "**not met**")
 
 
+CPU_NOTE = ("CPU ms/request: CPU time each part used during the run (from /proc; the sidecar is its supervisor, "
+            "request workers and fill process together) divided by the requests wrk completed. On 2 shared cores "
+            "their sum bounds the rate: 2,000 ms of CPU per second ÷ (sum ms per request) is the most the machine "
+            "can answer, whatever the latency.")
+
+
+def _cpu(row: dict, parts: tuple[str, ...]) -> str:
+    cpu = row.get("cpu_ms")
+    if not cpu:
+        return "n/a"
+    return " / ".join(f"{cpu[p]:.2f}" if p in cpu else "–" for p in parts) + f" (sum {sum(cpu.values()):.2f})"
+
+
 def _hit_row(results: dict, size: str, server: str) -> dict | None:
     for row in results.get("hit", {}).get("table", []):
         if row["size"] == size and row["server"] == server:
@@ -208,10 +221,12 @@ def full_markdown(results: dict, plots: list[str]) -> str:
                   "S3, so its figures are bounded by that origin, not by s3cache (and S3 would add a network round "
                   "trip of its own).", "",
                   markdown_table(["size", "mode", "req/s", "MB/s", "p50 ms", "p99 ms", "vs open", "errors",
-                                  "req/s per round"],
+                                  "req/s per round", "CPU ms/request: caddy / sidecar / origin / wrk"],
                                  [[r["size"], r["mode"], _num(r["req_per_s"]), _num(r["mb_per_s"]),
                                    f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", _x(r["vs_open"]), r["errors"],
-                                   ", ".join(_num(v) for v in r["runs"])] for r in acc["table"]]), ""]
+                                   ", ".join(_num(v) for v in r["runs"]),
+                                   _cpu(r, ("caddy", "sidecar", "origin", "wrk"))] for r in acc["table"]]),
+                  "", CPU_NOTE, ""]
     elif "error" in acc:
         parts += ["## Access modes on hits", "", "```", acc["error"], "```", ""]
     miss = results.get("miss", {})
@@ -223,9 +238,11 @@ def full_markdown(results: dict, plots: list[str]) -> str:
                   "404 at once; beyond S3CACHE_FILL_WORKERS running and 1024 queued, fills are dropped). "
                   "\"no fill\": the same misses with `Range: bytes=0-0` on a stack with S3CACHE_FILL_ON_RANGE=off "
                   "(redirect only). Baseline: DELETE of the same kind of path, which Caddy redirects itself.", "",
-                  markdown_table(["kind", "req/s", "p50 ms", "p99 ms", "requests", "errors"],
+                  markdown_table(["kind", "req/s", "p50 ms", "p99 ms", "requests", "errors",
+                                  "CPU ms/request: caddy / sidecar / wrk"],
                                  [[r["kind"], _num(r["req_per_s"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                                   _num(r["requests"]), r["errors"]] for r in red["table"]]), ""]
+                                   _num(r["requests"]), r["errors"], _cpu(r, ("caddy", "sidecar", "wrk"))]
+                                  for r in red["table"]]), "", CPU_NOTE, ""]
     if "fill" in miss:
         fill = miss["fill"]
         parts += [f"### Background fill of a {human_bytes(fill['bytes'])} object", "",
