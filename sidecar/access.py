@@ -40,7 +40,7 @@ from s3cache.wire import GRANT_HEADER, SERVED_HEADER
 from sidecar import cors, freshness, hit_headers
 from sidecar.fill import Filler
 from sidecar.redirect import redirect_307
-from sidecar.s3errors import error_response
+from sidecar.s3errors import error_response, retry_later
 from sidecar.signatures import verify_presigned
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, done, sendable_url
 
@@ -298,7 +298,7 @@ def ask_s3(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: La
         log.info("refusing the hit on %s: %s", ref.name, exc)
         return deny(400, "InvalidRequest", "A header the request signs cannot be forwarded to S3 unchanged.")
     except Unreachable as exc:
-        return _unreachable(hit, ref, config, layout, str(exc))
+        return unreachable(hit, ref, config, layout, str(exc))
     keep_open = False
     # S3's CORS verdict for this client, on whatever we answer; it depends on Origin.
     s3_cors = cors.with_vary_origin(cors.from_s3(resp.headers), config)
@@ -323,7 +323,7 @@ def ask_s3(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: La
             redirect.headers.update(s3_cors)
             return redirect
         if status >= 500:
-            return _unreachable(hit, ref, config, layout, f"origin answered {status}")
+            return unreachable(hit, ref, config, layout, f"origin answered {status}")
         if status == 404:
             remove_cached(layout, ref)
         try:
@@ -340,15 +340,19 @@ def ask_s3(hit: HitRequest, ref: ObjectRef, url: str, config: Config, layout: La
             done(resp)
 
 
-def _unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str) -> Response:
-    """S3 could not be asked (no connection, a timeout, a 5xx): the only case S3CACHE_REVALIDATE_ON_ERROR governs."""
+def unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout, why: str,
+                overrides: bool = False) -> Response:
+    """S3 could not be asked (no connection, a timeout, a 5xx): the only case S3CACHE_REVALIDATE_ON_ERROR governs.
+
+    ``overrides``: whether a served copy applies the URL's response-* parameters (not for a presigned URL
+    nobody confirmed; yes for a request whose signature the proxy checked itself).
+    """
     if config.revalidate_on_error == "open":
         log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
-        return allow(hit, ref, layout, overrides=False)  # the URL is unconfirmed: no response-* from it
+        return allow(hit, ref, layout, overrides=overrides)
     log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
-    resp = error_response(503, "ServiceUnavailable", "Could not confirm access with S3; please retry.")
+    resp = retry_later("Could not confirm access with S3; please retry.")
     resp.headers["X-Cache"] = "ERROR"
-    resp.headers["Retry-After"] = "5"
     return resp
 
 

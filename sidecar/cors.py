@@ -28,7 +28,7 @@ from typing import Mapping
 from flask import Response
 
 from s3cache.config import Config
-from sidecar.s3errors import error_response
+from sidecar.s3errors import error_response, retry_later
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, check_headers, done
 
 log = logging.getLogger("sidecar.cors")
@@ -136,9 +136,7 @@ def relay(upstream: Upstream, url: str, headers: Mapping[str, str]) -> Response:
         return error_response(400, "InvalidRequest", "This request cannot be forwarded to S3 unchanged.")
     except Unreachable as exc:
         log.warning("preflight not relayed: S3 unreachable (%s)", exc)
-        failed = error_response(503, "ServiceUnavailable", "Could not ask S3 about this CORS request; please retry.")
-        failed.headers["Retry-After"] = "5"
-        return failed
+        return retry_later("Could not ask S3 about this CORS request; please retry.")
     try:
         try:
             body = resp.read(MAX_RELAYED_BODY, decode_content=False)

@@ -30,3 +30,10 @@ def error_response(status: int, code: str, message: str, resource: str = "") -> 
     resp = Response(error_xml(code, message, resource), status=status, content_type="application/xml")
     resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+def retry_later(message: str, code: str = "ServiceUnavailable", seconds: int = 5) -> Response:
+    """A 503 the client should retry after ``seconds``: S3 unreachable, or busy (``SlowDown``), as S3 says it."""
+    resp = error_response(503, code, message)
+    resp.headers["Retry-After"] = str(seconds)
+    return resp

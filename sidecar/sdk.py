@@ -39,11 +39,11 @@ from s3cache.layout import Layout, Uncacheable
 from s3cache.request_path import BadRequest
 from s3cache.wire import SERVED_HEADER
 from sidecar import freshness, hit_headers
-from sidecar.access import REVALIDATE_TIMEOUT, HitRequest, allow, deny, remove_cached, serves_object
+from sidecar.access import REVALIDATE_TIMEOUT, HitRequest, allow, deny, remove_cached, serves_object, unreachable
 from sidecar.admission import Admission
 from sidecar.fill import Filler
 from sidecar.miss import MissPlan
-from sidecar.s3errors import error_response
+from sidecar.s3errors import error_response, retry_later
 from sidecar.signatures import canonical_target, verify_header_signed
 from sidecar.status import Status
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, done, sendable_url
@@ -180,15 +180,11 @@ class SDK:
             done(resp)
 
     def _unconfirmed(self, hit: HitRequest, ref, why: str) -> Response:
-        """S3 could not be asked: S3CACHE_REVALIDATE_ON_ERROR decides, as for presigned hits."""
-        if self.config.revalidate_on_error == "open":
-            log.warning("S3 unreachable (%s); serving the cached copy (S3CACHE_REVALIDATE_ON_ERROR=open)", why)
-            return allow(hit, ref, self.layout)
-        log.warning("S3 unreachable (%s); refusing the hit (S3CACHE_REVALIDATE_ON_ERROR=closed)", why)
-        resp = deny(503, "ServiceUnavailable", "Could not confirm the cached copy with S3; please retry.")
-        resp.headers["X-Cache"] = "ERROR"
-        resp.headers["Retry-After"] = "5"
-        return resp
+        """S3 could not be asked: S3CACHE_REVALIDATE_ON_ERROR decides, as for presigned hits.
+
+        (The request's signature was checked here, so its response-* parameters apply if it is served.)
+        """
+        return unreachable(hit, ref, self.config, self.layout, why, overrides=True)
 
     def _upstream_url(self, resolved: Resolved, raw_uri: str) -> str:
         """Where S3 answers this request, its target in S3's canonical spelling (what the proxy signs and sends)."""
@@ -207,9 +203,7 @@ class SDK:
         # body, a wait for a fill): S3CACHE_STREAM_MAX at once, shared with stream mode, so hits, access
         # checks and health keep threads of their own. Beyond it, S3's own answer to a burst, which SDKs retry.
         if not self.slots.acquire(blocking=False):
-            busy = error_response(503, "SlowDown", "Please reduce your request rate.")
-            busy.headers["Retry-After"] = "1"
-            return busy
+            return retry_later("Please reduce your request rate.", "SlowDown", seconds=1)
         try:
             resp = self._handle(method, raw_uri, resolved, headers, environ)
         except BaseException:
@@ -372,9 +366,7 @@ class SDK:
             return error_response(400, "InvalidRequest", "This request cannot be sent to S3 unchanged.")
         except Unreachable as exc:
             log.warning("S3 unreachable for an SDK request: %s", exc)
-            resp = error_response(503, "ServiceUnavailable", "Could not reach S3; please retry.")
-            resp.headers["Retry-After"] = "5"
-            return resp
+            return retry_later("Could not reach S3; please retry.")
         relayed = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
         if method == "HEAD" or resp.status in (204, 304):
             done(resp)
