@@ -15,46 +15,24 @@ With TLS on, Caddy binds its two listeners itself (the HTTPS port and the port t
 
 from __future__ import annotations
 
-import errno
 import http.client
 import socket
 
 from commands.common import StartError
 from s3cache.config import HostPort
+from s3cache.listening import bound_socket, cannot_listen
 
 BACKLOG = 4096
 # Seconds the kernel keeps a connection that has sent nothing before handing it over anyway.
 DEFER_ACCEPT_SECONDS = 10
 
 
-def _family(address: HostPort) -> int:
-    return socket.AF_INET6 if ":" in address.host else socket.AF_INET
-
-
-def _cannot_listen(setting: str, address: HostPort, exc: OSError) -> StartError:
-    if exc.errno == errno.EADDRINUSE:
-        return StartError(f"{setting}: {address} is already in use by another program")
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return StartError(f"{setting}: {address.host} is not an address of this machine")
-    if exc.errno == errno.EACCES:
-        return StartError(f"{setting}: no permission to listen on {address}")
-    return StartError(f"{setting}: cannot listen on {address}: {exc.strerror}")
-
-
 def _bound(setting: str, address: HostPort) -> socket.socket:
-    """A socket bound to ``address``, or one line naming ``setting``.
-
-    SO_REUSEADDR (as Caddy and waitress set it) so a recently closed connection does not count; never
-    SO_REUSEPORT, which would let us bind beside a live listener, as Caddy once did beside an orphan.
-    """
-    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    """A socket bound to ``address``, or one line naming ``setting``."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
+        return bound_socket(address)
     except OSError as exc:
-        sock.close()
-        raise _cannot_listen(setting, address, exc) from None
-    return sock
+        raise StartError(cannot_listen(setting, address, exc)) from None
 
 
 def check_port_free(setting: str, address: HostPort) -> None:
@@ -71,7 +49,7 @@ def open_listener(setting: str, address: HostPort, *, defer_accept: bool = False
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise _cannot_listen(setting, address, exc) from None
+        raise StartError(cannot_listen(setting, address, exc)) from None
     return sock
 
 

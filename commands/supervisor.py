@@ -144,7 +144,7 @@ class Supervisor:
     def _exit_reason(self, part: Part, code: int) -> str:
         for r in part.readers:
             r.join(timeout=1)
-        if part.port_setting and any("address already in use" in line for line in part.recent):
+        if part.port_setting and any("already in use" in line for line in part.recent):
             return f"{part.port_setting}: {part.address} is already in use by another program"
         last = next((line.strip() for line in reversed(part.recent) if line.strip()), "")
         return f"{part.name} exited with code {code} while starting" + (f": {last}" if last else "")

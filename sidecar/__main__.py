@@ -15,6 +15,7 @@ import sys
 from s3cache import redact
 from s3cache.config import Config, ConfigError
 from s3cache.layout import Layout
+from s3cache.listening import cannot_listen
 from sidecar import backchannel, processes, serving
 from sidecar.app import create_app
 
@@ -64,7 +65,7 @@ def main() -> int:
     try:
         http = serving.inherited_socket() or serving.bind(listen)
     except OSError as exc:
-        print(f"sidecar: {processes.bind_error(exc, listen)}", file=sys.stderr)
+        print(f"sidecar: {cannot_listen('S3CACHE_SIDECAR_LISTEN', listen, exc)}", file=sys.stderr)
         return 1
     if config.sidecar_workers == 1:
         app = create_app(config)

@@ -26,7 +26,6 @@ pids to look for).
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ import time
 from typing import Callable
 
 from s3cache import atomic
-from s3cache.config import Config, HostPort
+from s3cache.config import Config
 from s3cache.layout import Layout
 
 log = logging.getLogger("sidecar")
@@ -226,7 +225,3 @@ class Master:
             time.sleep(0.02)
 
 
-def bind_error(exc: OSError, address: HostPort) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return f"S3CACHE_SIDECAR_LISTEN: {address} address already in use"
-    return f"S3CACHE_SIDECAR_LISTEN: cannot listen on {address}: {exc.strerror}"

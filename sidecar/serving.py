@@ -24,8 +24,10 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 
 from s3cache.config import HostPort
+from s3cache.listening import listening_socket
 
 INHERITED_FD = "SIDECAR_LISTEN_FD"
+BACKLOG = 1024
 POLL = 0.2  # seconds between looks at the connections while stopping
 
 
@@ -40,12 +42,8 @@ def inherited_socket() -> socket.socket | None:
 
 
 def bind(address: HostPort) -> socket.socket:
-    """The one listening socket every request worker accepts from (never SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress sets it
-    sock.bind((address.host, address.port))
-    sock.listen(1024)
+    """The one listening socket every request worker accepts from; raises OSError."""
+    sock = listening_socket(address, BACKLOG)
     sock.setblocking(False)
     return sock
 
