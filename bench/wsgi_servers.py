@@ -372,6 +372,12 @@ def summary_rows(res: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"WSGI server: {name} ÷ waitress (sidecar, {res['connections']} clients)", per_kind,
                      f"switch only if ≥ {res['worth_switching']}× on both",
                      "worth it" if gain >= res["worth_switching"] else "keep waitress"))
+    for k, v in res.get("kinds", {}).items():
+        for r in v["table"]:
+            if r["server"] == "waitress-200":
+                rows.append((f"  diagnostic, {k}: waitress answering 200 instead of 204 (keeps the connection) "
+                             "÷ waitress", f"{_x(r['rps_vs_waitress'])} req/s, {_x(r['cpu_vs_waitress'])} CPU",
+                             "—", "—"))
     return rows
 
 
