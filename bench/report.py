@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from bench import wsgi_servers
 from bench.common import human_bytes
 
 # One colour per server/mode in every plot.
@@ -135,6 +136,10 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
             rows.append((f"Egress, same trace, simulated {sim['policy']}",
                          f"{sim['origin_per_client']:.2f} (byte hit ratio {sim['byte_hit_ratio']:.2f}; "
                          f"${sim['dollars_saved_per_tb']:.1f} per TB)", "—", "—"))
+    if "kinds" in results.get("wsgi", {}):
+        rows += wsgi_servers.summary_rows(results["wsgi"])
+    elif "error" in results.get("wsgi", {}):
+        rows.append(("WSGI server comparison", "failed: see report", "", ""))
     ev = results.get("evictor_scale", {})
     if ev.get("phases"):
         for name in ("(a) idle", "(b) evict"):
@@ -294,6 +299,11 @@ def full_markdown(results: dict, plots: list[str]) -> str:
     elif "error" in eg:
         parts += ["## Egress", "", "```", eg["error"], "```", ""]
     parts += _policies_markdown(results.get("policies", {}), plots)
+    ws = results.get("wsgi", {})
+    if "kinds" in ws:
+        parts += wsgi_servers.markdown(ws)
+    elif "error" in ws:
+        parts += ["## WSGI server for the sidecar", "", "```", ws["error"], "```", ""]
     ev = results.get("evictor_scale", {})
     if ev.get("phases") or ev.get("skipped") or ev.get("error"):
         parts += ["## Eviction scale", ""]

@@ -1,6 +1,6 @@
 """Run every benchmark, write the report, print the summary table.  Entry point: ``bench/run``.
 
-    .venv/bin/python bench/suite.py [--quick] [--only hit,access,miss,stampede,egress,policies,evictor_scale] [--out DIR]
+    .venv/bin/python bench/suite.py [--quick] [--only hit,access,miss,stampede,egress,policies,evictor_scale,wsgi] [--out DIR]
 
 A benchmark that fails is reported as failed (with its traceback in the
 report) and the others still run; the exit status is 1 then.
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (access_modes, egress, evictor_scale_step, hit_path, miss_path, policies, report,  # noqa: E402
-                   stampede)
+                   stampede, wsgi_servers)
 from bench.common import ROOT, Context, machine_info  # noqa: E402
 
 BENCHMARKS = {
@@ -30,6 +30,7 @@ BENCHMARKS = {
     "egress": egress.run,
     "policies": policies.run,
     "evictor_scale": evictor_scale_step.run,
+    "wsgi": wsgi_servers.run,
 }
 
 

@@ -41,7 +41,14 @@ end
 local counter = 0
 function request()
   counter = counter + 1
-  return wrk.format(METHOD, PREFIX .. tid .. "-" .. counter .. SUFFIX)
+  local path = PREFIX .. tid .. "-" .. counter .. SUFFIX
+  if URI_HEADER then
+    local headers = {}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    headers[URI_HEADER] = path
+    return wrk.format(METHOD, path, headers)
+  end
+  return wrk.format(METHOD, path)
 end
 """
 
@@ -66,22 +73,27 @@ def check_loopback(url: str) -> None:
 
 def run_wrk(url: str, settings: WrkSettings, *, method: str = "GET", distinct_prefix: str | None = None,
             distinct_suffix: str = "", payload_bytes: int | None = None,
-            header: tuple[str, str] | None = None) -> dict:
+            header: tuple[str, str] | None = None, headers: dict[str, str] | None = None,
+            uri_header: str | None = None) -> dict:
     """One wrk run; returns its figures plus req_per_s, mb_per_s (payload) and p50/p99 in ms.
 
     ``distinct_prefix``: every request goes to ``prefix<thread>-<n><suffix>`` on the URL's host.
     ``payload_bytes``: the body size of one response, for MB/s of payload (headers excluded).
-    ``header``: one (name, value) sent with every request.
+    ``header``: one (name, value) sent with every request; ``headers``: more of them.
+    ``uri_header``: with ``distinct_prefix``, a header that carries each request's own path too (as Caddy
+    tells the sidecar the client's URI).
     """
     check_loopback(url)
     script = DONE_HOOK
     if distinct_prefix is not None:
         script = (f"METHOD = {_lua_string(method)}\nPREFIX = {_lua_string(distinct_prefix)}\n"
-                  f"SUFFIX = {_lua_string(distinct_suffix)}\n" + DISTINCT_PATHS_HOOK + script)
+                  f"SUFFIX = {_lua_string(distinct_suffix)}\n"
+                  f"URI_HEADER = {_lua_string(uri_header) if uri_header else 'nil'}\n" + DISTINCT_PATHS_HOOK + script)
     elif method != "GET":
         script = f"wrk.method = {_lua_string(method)}\n" + script
-    if header is not None:  # wrk.format() sends wrk.headers with every request
-        script = f"wrk.headers[{_lua_string(header[0])}] = {_lua_string(header[1])}\n" + script
+    for name, value in ([header] if header is not None else []) + list((headers or {}).items()):
+        # wrk.format() sends wrk.headers with every request
+        script = f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}\n" + script
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
         script_path = fh.name
