@@ -108,7 +108,7 @@ def allow(hit: HitRequest, ref: ObjectRef, layout: Layout, told: Mapping[str, st
     del resp.headers["Content-Type"]
     resp.headers.update(result.headers)
     resp.headers.update(extra or {})
-    if result.status != 204:
+    if result.status != hit_headers.SERVE:
         resp.headers["X-Cache"] = "HIT"  # a conditional answer from the cache is still a hit
     return resp
 

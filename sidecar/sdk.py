@@ -328,7 +328,7 @@ class SDK:
         answer = hit_headers.answer("GET", headers, metadata.load_headers(self.layout, ref),
                                     resolved.parsed.raw_query, st.st_mtime)
         out = dict(answer.headers)
-        if answer.status != 204:
+        if answer.status != hit_headers.SERVE:
             fh.close()
             resp = Response(status=answer.status, headers=out)
             del resp.headers["Content-Type"]

@@ -8,6 +8,7 @@ they must never receive a byte of the cached object.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -201,3 +202,26 @@ def test_clients_cannot_call_the_auth_endpoint(make_stack):
     stack = make_stack()
     r = stack.get(stack.url + "/_s3cache/auth")
     assert r.status_code == 404
+
+
+def _closed_by_sidecar(port: int) -> int:
+    """Connections the sidecar closed lately (TIME-WAIT stays on the side that closes first)."""
+    out = subprocess.run(["ss", "-Htn", "state", "time-wait", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def test_checked_hits_reuse_caddys_connection_to_the_sidecar(origin, make_stack):
+    """Every checked hit is one request to the sidecar, not one connection: its 'serve it' keeps the connection.
+
+    (A 204 did not: waitress closes after a bodyless status, so each check cost Caddy a new connection.)
+    """
+    stack = make_stack(S3CACHE_ACCESS="verify", S3CACHE_SIGNING_KEYS=SIGNING_KEYS, S3CACHE_GRANT_TTL="0")
+    body = os.urandom(2048)
+    url = stack.proxied(cache_object(origin, stack, "keepalive.bin", body))
+    port = int(stack.env["S3CACHE_SIDECAR_LISTEN"].rpartition(":")[2])
+    before = _closed_by_sidecar(port)
+    for _ in range(20):
+        r = raw_request("GET", url)
+        assert (r.status_code, r.headers["X-Cache"], r.content) == (200, "HIT", body)
+    assert _closed_by_sidecar(port) - before <= 2
