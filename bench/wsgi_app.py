@@ -13,12 +13,6 @@ workers, so to serve the very same app the bench runs the two halves apart:
 
 The configuration comes from the environment, as ``sidecar.__main__`` reads it.
 
-A diagnostic beside them: ``python -m bench.wsgi_app waitress-200`` is ``python
--m sidecar`` itself with every 204 answered as a 200 with an empty body.
-waitress closes the connection after any 204 (it drops the Content-Length a
-bodyless status may not carry, then closes for want of one), and the access
-check's "serve it" is a 204: this variant shows what that close costs.
-
 Bench-only: nothing at run time imports this.
 """
 
@@ -71,31 +65,8 @@ def fill_main() -> int:
     return 0
 
 
-def _no_204(wsgi_app):
-    def app(environ, start_response):
-        def start(status, headers, exc_info=None):
-            if status.startswith("204"):
-                status = "200 OK"
-                headers = [(k, v) for k, v in headers if k.lower() != "content-length"] + [("Content-Length", "0")]
-            return start_response(status, headers, exc_info)
-        return wsgi_app(environ, start)
-    return app
-
-
-def waitress_200_main() -> int:
-    import sidecar.__main__ as shipped
-    create = shipped.create_app
-
-    def create_app_200(*args, **kwargs):
-        app = create(*args, **kwargs)
-        app.wsgi_app = _no_204(app.wsgi_app)
-        return app
-    shipped.create_app = create_app_200
-    return shipped.main()
-
-
 if __name__ == "__main__":
-    mains = {"fill": fill_main, "waitress-200": waitress_200_main}
+    mains = {"fill": fill_main}
     if len(sys.argv) != 2 or sys.argv[1] not in mains:
-        sys.exit("usage: python -m bench.wsgi_app fill|waitress-200")
+        sys.exit("usage: python -m bench.wsgi_app fill")
     sys.exit(mains[sys.argv[1]]())

@@ -9,8 +9,8 @@ back channel.
 - ``waitress``: ``python -m sidecar`` itself, as shipped (its master, workers and fill process).
 - ``gunicorn``: ``gunicorn -k gthread`` with the same worker and thread counts.
 - ``granian``: granian's WSGI interface (Rust HTTP, Python threads for the app), same counts.
-- ``waitress-200`` (check only, a diagnostic): ``python -m sidecar`` answering the check's 204 as a 200
-  with an empty body, which waitress keeps the connection open after (bench/wsgi_app.py says why).
+(Run on 2026-12-02, this benchmark found waitress closing the connection after the check's 204: the check
+now answers an empty 200, ``sidecar.hit_headers.SERVE``.)
 
 The latter two run ``bench/wsgi_app.py``: its fill process, and its app factory in each worker.
 
@@ -122,8 +122,6 @@ class Server:
         py = sys.executable
         if self.name == "waitress":
             self._spawn([py, "-m", "sidecar"], "sidecar.log")
-        elif self.name == "waitress-200":
-            self._spawn([py, "-m", "bench.wsgi_app", "waitress-200"], "sidecar.log")
         else:
             from bench import wsgi_app
             channel = self.env[wsgi_app.BACKCHANNEL_ENV] = f"s3cache-bench-{uuid.uuid4().hex}"
@@ -215,7 +213,6 @@ class Kind:
     name: str
     settings: dict[str, str]
     expect: int
-    diagnostics: tuple[str, ...] = ()  # servers beside the candidates, for this kind only
 
     def wrk_args(self, server: Server, nonce: str, round_no: int) -> dict:
         raise NotImplementedError
@@ -252,7 +249,7 @@ class Check(Kind):
 def _probe(kind: Kind, server: Server) -> None:
     path, headers = kind.probe(server)
     r = raw_request("GET", server.url + path, headers=headers, timeout=10)
-    if r.status_code != kind.expect and not (server.name == "waitress-200" and r.status_code == 200):
+    if r.status_code != kind.expect:
         raise RuntimeError(f"{kind.name} on {server.name}: expected {kind.expect}, got {r.status_code}: "
                            f"{r.headers} {r.content[:300]!r}")
 
@@ -265,7 +262,6 @@ def _available(name: str) -> bool:
 
 
 def measure(ctx: Context, kind: Kind, upstream: str, settings: WrkSettings, rounds: int, servers: list[str]) -> dict:
-    servers = servers + list(kind.diagnostics)
     env = app_env(ctx.dir(f"wsgi/{kind.name}"), upstream, **kind.settings)
     workers = Config.from_env(env).sidecar_workers
     threads = worker_threads(env)
@@ -339,8 +335,7 @@ def run(ctx: Context) -> dict:
     upstream = f"http://127.0.0.1:{free_port()}"  # nobody listens: neither kind asks S3
     kinds = [Miss("miss", {"S3CACHE_ACCESS": "open", "S3CACHE_FILL_ON_RANGE": "off"}, 307),
              Check("check", {"S3CACHE_ACCESS": "verify", "S3CACHE_GRANT_TTL": "0",
-                             "S3CACHE_SIGNING_KEYS": f"{ACCESS_KEY_1}:{SECRET_KEY_1}"}, 204,
-                   diagnostics=("waitress-200",))]
+                             "S3CACHE_SIGNING_KEYS": f"{ACCESS_KEY_1}:{SECRET_KEY_1}"}, 200)]
     out = {"connections": settings.connections, "duration": settings.duration, "rounds": rounds,
            "servers": servers, "missing": missing, "versions": versions(servers), "kinds": {},
            "worth_switching": WORTH_SWITCHING}
@@ -372,12 +367,6 @@ def summary_rows(res: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"WSGI server: {name} ÷ waitress (sidecar, {res['connections']} clients)", per_kind,
                      f"switch only if ≥ {res['worth_switching']}× on both",
                      "worth it" if gain >= res["worth_switching"] else "keep waitress"))
-    for k, v in res.get("kinds", {}).items():
-        for r in v["table"]:
-            if r["server"] == "waitress-200":
-                rows.append((f"  diagnostic, {k}: waitress answering 200 instead of 204 (keeps the connection) "
-                             "÷ waitress", f"{_x(r['rps_vs_waitress'])} req/s, {_x(r['cpu_vs_waitress'])} CPU",
-                             "—", "—"))
     return rows
 
 
@@ -392,9 +381,7 @@ def markdown(res: dict) -> list[str]:
              ", ".join(f"{k}: {v['threads']}" for k, v in kinds.items()) + "). "
              "`miss`: a distinct uncached key per request (Range, S3CACHE_FILL_ON_RANGE=off: a 307, no fill); "
              "`check`: Caddy's access check for a hit (GET /_s3cache/auth, S3CACHE_ACCESS=verify, SigV4 presigned, "
-             "S3CACHE_GRANT_TTL=0). `waitress-200` (diagnostic, check only): `python -m sidecar` answering the "
-             "check's 204 as an empty 200: waitress closes the connection after every 204, so each check costs a "
-             "new connection; this row shows what that close costs. "
+             "S3CACHE_GRANT_TTL=0). "
              "CPU ms/request: all the server's processes (master, workers, fill process). "
              "Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()) + "." +
              (f" Not installed: {', '.join(res['missing'])}." if res.get("missing") else ""), "",
