@@ -36,7 +36,7 @@ from tests.stack import raw_request
 BUCKET = "bench-hit"
 SIZES = [("4 KiB", 4 * KiB), ("64 KiB", 64 * KiB), ("1 MiB", MiB), ("16 MiB", 16 * MiB)]
 BASELINE = "caddy"
-TARGETS = {"4 KiB": 0.8, "1 MiB": 0.95}
+TARGETS = {"4 KiB": 0.7, "1 MiB": 0.95}  # issue #15
 
 
 def presigned_looking_query() -> str:

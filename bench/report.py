@@ -410,10 +410,14 @@ def _hitprof_markdown(hp: dict) -> list[str]:
                                                           for lb in labels], rows), ""]
     parts += [f"Ablation: the shipped Caddyfile and diagnostic copies with one part taken out (never shipped), "
               f"and bare `caddy file-server`; wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s, "
-              f"{s['rounds']} interleaved round(s), ratios are medians of per-round pairs.", "",
-              markdown_table(["size", "Caddyfile", "req/s", "vs caddy", "vs shipped", "errors", "req/s per round"],
+              f"{s['rounds']} interleaved round(s), ratios are medians of per-round pairs. Caddy CPU µs/req: the CPU "
+              f"time its process spent per request served (/proc), which other work on the machine moves far less "
+              f"than req/s.", "",
+              markdown_table(["size", "Caddyfile", "req/s", "vs caddy", "vs shipped", "Caddy CPU µs/req",
+                              "CPU/req vs caddy", "errors", "req/s per round"],
                              [[r["size"], r["server"], _num(r["req_per_s"]), _x(r["vs_caddy"]), _x(r["vs_shipped"]),
-                               r["errors"], ", ".join(_num(v) for v in r["runs"])] for r in hp["table"]]), ""]
+                               f"{r['cpu_us_per_req']:.0f}", _x(r["cpu_vs_caddy"]), r["errors"],
+                               ", ".join(_num(v) for v in r["runs"])] for r in hp["table"]]), ""]
     return parts
 
 

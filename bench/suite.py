@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, caches)")
     args = parser.parse_args(argv)
 
-    selected = [b for b in BENCHMARKS if b not in OPTIONAL] if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    selected = ([b for b in BENCHMARKS if b not in OPTIONAL] if not args.only
+                else [s.strip() for s in args.only.split(",") if s.strip()])
     unknown = [s for s in selected if s not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
