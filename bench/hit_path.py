@@ -49,7 +49,10 @@ def presigned_looking_query() -> str:
 
 
 def key_for(label: str) -> str:
-    return "obj-" + label.replace(" ", "").lower() + ".bin"
+    # An extension whose Content-Type Caddy sends itself (sidecar/hit_headers.CADDY_TYPES), as the origin
+    # does: the fill marks the object plain, so an open-mode hit is Caddy's alone. (A ".bin" gets
+    # application/octet-stream from nginx, which Caddy's guess may not match: marked, it takes the sidecar.)
+    return "obj-" + label.replace(" ", "").lower() + ".png"
 
 
 def _check_served(url: str, size: int, header: str | None = None, expect: str | None = None) -> None:

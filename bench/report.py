@@ -304,6 +304,7 @@ def full_markdown(results: dict, plots: list[str]) -> str:
         parts += wsgi_servers.markdown(ws)
     elif "error" in ws:
         parts += ["## WSGI server for the sidecar", "", "```", ws["error"], "```", ""]
+    parts += _hitprof_markdown(results.get("hitprof", {}))
     ev = results.get("evictor_scale", {})
     if ev.get("phases") or ev.get("skipped") or ev.get("error"):
         parts += ["## Eviction scale", ""]
@@ -425,6 +426,42 @@ def make_plots(results: dict, out: Path) -> list[str]:
         made.append("egress.png")
     made += _policies_plot(results.get("policies", {}), out, plt)
     return made
+
+
+def _hitprof_markdown(hp: dict) -> list[str]:
+    """bench/hit_profile.py: Caddy's CPU by part of the hit path, and the ablation table."""
+    if "error" in hp:
+        return ["## Hit path: where the time goes", "", "```", hp["error"], "```", ""]
+    if "table" not in hp:
+        return []
+    s = hp["settings"]
+    parts = ["## Hit path: where the time goes", "",
+             "`bench/hit_profile.py` (`bench/run --only hitprof`). A CPU profile of the stack's Caddy "
+             "(S3CACHE_ACCESS=open, access log on; pprof from its admin socket) while wrk hits one object; each "
+             "sample is charged to the nearest named frame to its leaf (bench/pprof.py: a regexp run by a `map` is "
+             "the map's, a write made by the log is the log's). Shares of Caddy's CPU samples:", ""]
+    labels = list(hp["profiles"])
+    names = [b["bucket"] for b in hp["profiles"][labels[0]]["buckets"]] if labels else []
+    rows = []
+    for name in names:
+        row = [name]
+        for label in labels:
+            b = next(b for b in hp["profiles"][label]["buckets"] if b["bucket"] == name)
+            row.append(f"{b['share']:.0%}")
+        rows.append(row)
+    parts += [markdown_table(["part of the hit path"] + [f"{lb} ({hp['profiles'][lb]['cpu_seconds']:.1f} CPU s)"
+                                                          for lb in labels], rows), ""]
+    parts += [f"Ablation: the shipped Caddyfile and diagnostic copies with one part taken out (never shipped), "
+              f"and bare `caddy file-server`; wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s, "
+              f"{s['rounds']} interleaved round(s), ratios are medians of per-round pairs. Caddy CPU µs/req: the CPU "
+              f"time its process spent per request served (/proc), which other work on the machine moves far less "
+              f"than req/s.", "",
+              markdown_table(["size", "Caddyfile", "req/s", "vs caddy", "vs shipped", "Caddy CPU µs/req",
+                              "CPU/req vs caddy", "errors", "req/s per round"],
+                             [[r["size"], r["server"], _num(r["req_per_s"]), _x(r["vs_caddy"]), _x(r["vs_shipped"]),
+                               f"{r['cpu_us_per_req']:.0f}", _x(r["cpu_vs_caddy"]), r["errors"],
+                               ", ".join(_num(v) for v in r["runs"])] for r in hp["table"]]), ""]
+    return parts
 
 
 def _policies_markdown(po: dict, plots: list[str]) -> list[str]:

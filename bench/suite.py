@@ -1,6 +1,9 @@
 """Run every benchmark, write the report, print the summary table.  Entry point: ``bench/run``.
 
-    .venv/bin/python bench/suite.py [--quick] [--only hit,access,miss,stampede,egress,policies,evictor_scale,wsgi] [--out DIR]
+    .venv/bin/python bench/suite.py [--quick] [--only hit,access,miss,stampede,egress,policies,evictor_scale,wsgi,hitprof] [--out DIR]
+
+``hitprof`` (bench/hit_profile.py: a CPU profile of the hit path and an ablation table) runs only when
+named in ``--only``.
 
 A benchmark that fails is reported as failed (with its traceback in the
 report) and the others still run; the exit status is 1 then.
@@ -18,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import (access_modes, egress, evictor_scale_step, hit_path, miss_path, policies, report,  # noqa: E402
-                   stampede, wsgi_servers)
+from bench import (access_modes, egress, evictor_scale_step, hit_path, hit_profile, miss_path, policies,  # noqa: E402
+                   report, stampede, wsgi_servers)
 from bench.common import ROOT, Context, machine_info  # noqa: E402
 
 BENCHMARKS = {
@@ -31,7 +34,10 @@ BENCHMARKS = {
     "policies": policies.run,
     "evictor_scale": evictor_scale_step.run,
     "wsgi": wsgi_servers.run,
+    "hitprof": hit_profile.run,
 }
+# Diagnostics run only when named in --only.
+OPTIONAL = {"hitprof"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, caches)")
     args = parser.parse_args(argv)
 
-    selected = list(BENCHMARKS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    selected = ([b for b in BENCHMARKS if b not in OPTIONAL] if not args.only
+                else [s.strip() for s in args.only.split(",") if s.strip()])
     unknown = [s for s in selected if s not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")

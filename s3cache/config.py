@@ -466,7 +466,8 @@ class Config:
         "", _optional_positive_float,
         "Seconds after which a cached object is revalidated with S3 before it is served again "
         "(empty: objects are immutable).",
-        caddy=lambda v: {"S3CACHE_TTL": "" if v is None else f"{v:g}"})
+        # S3CACHE_CADDY_TTL picks the serve_open_ttl_* snippet: a set TTL sends open-mode hits through the check.
+        caddy=lambda v: {"S3CACHE_TTL": "" if v is None else f"{v:g}", "S3CACHE_CADDY_TTL": "off" if v is None else "on"})
     cors_origins: tuple[str, ...] = setting(
         "", _cors_origins,
         "Browser origins (scheme://host[:port], comma-separated, or *) whose fetch() of an object is "

@@ -86,7 +86,7 @@ def test_code_reads_no_undocumented_variable():
                "S3CACHE_CADDY_HTTPS_PORT", "S3CACHE_CADDY_HTTPS_SUFFIX", "S3CACHE_CADDY_TRUSTED_PROXIES",
                "S3CACHE_CADDY_HOSTS_RE", "S3CACHE_CADDY_HOSTS_LOOSE_RE", "S3CACHE_CADDY_HOSTS_SHARD_RE",
                "S3CACHE_CADDY_CORS", "S3CACHE_CADDY_CORS_ORIGIN_RE", "S3CACHE_CADDY_CORS_ALLOW_ORIGIN",
-               "S3CACHE_CADDY_GRANTS", "S3CACHE_CADDY_GRANT_DROP"}
+               "S3CACHE_CADDY_GRANTS", "S3CACHE_CADDY_GRANT_DROP", "S3CACHE_CADDY_TTL"}
     used = set()
     caddyfiles = [ROOT / "Caddyfile", ROOT / "Caddyfile.front"]
     for path in list(ROOT.glob("s3cache/*.py")) + list(ROOT.glob("sidecar/*.py")) + list(ROOT.glob("evictor/*.py")) + caddyfiles:
