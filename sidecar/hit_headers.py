@@ -109,15 +109,19 @@ CADDY_TYPES = {
 BEYOND_CADDY = ("content-encoding", "content-disposition", "content-language", "cache-control", "expires")
 
 
-# S3's default type, which Caddy sets itself for objects marked "octet".
+# S3's default type, which Caddy sets itself for objects marked "octet"; and the type uploaders most often
+# set on binaries (the aws CLI guesses it for .bin, .gz-less archives, ...), marked "app-octet", so hits of
+# either stay Caddy's alone in open mode (Caddy's own guess may be another type or none).
 OCTET_STREAM = "binary/octet-stream"
+APP_OCTET_STREAM = "application/octet-stream"
+_TYPE_MARKS = {OCTET_STREAM: "octet", APP_OCTET_STREAM: "app-octet"}
 
 
 def mark_kind(key: str, stored: Mapping[str, str]) -> str | None:
     """What open-mode hits of this object need beyond file_server (a ``Layout.mark_path`` kind), or None.
 
-    "headers": the sidecar's answer (S3's headers); "octet": only S3's default
-    Content-Type, which Caddy sets itself.  ``stored``: the object's own
+    "headers": the sidecar's answer (S3's headers); "octet" / "app-octet": only
+    a binary Content-Type (S3's default, or application/octet-stream), which Caddy sets itself.  ``stored``: the object's own
     headers, lower-case.  x-amz-version-id, x-amz-server-side-encryption and
     x-amz-storage-class alone do not count (open mode gives them up on
     otherwise plain objects), nor does S3's ETag.
@@ -130,7 +134,7 @@ def mark_kind(key: str, stored: Mapping[str, str]) -> str | None:
     ext = os.path.splitext(key.rpartition("/")[2])[1].lower()
     if CADDY_TYPES.get(ext) == content_type:
         return None
-    return "octet" if content_type == OCTET_STREAM else "headers"
+    return _TYPE_MARKS.get(content_type, "headers")
 
 
 def s3_name(name: str) -> str:

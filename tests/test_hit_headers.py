@@ -121,7 +121,10 @@ def test_hits_carry_the_objects_own_headers_in_every_mode(origin, make_stack, mo
 
 
 @pytest.mark.parametrize("key, extras", [("own/open/plain.png", {"ContentType": "image/png"}),
-                                         ("own/open/default-type", {})])  # S3's binary/octet-stream
+                                         ("own/open/default-type", {}),  # S3's binary/octet-stream
+                                         # what the aws CLI sets on a .bin, and on anything it cannot name
+                                         ("own/open/dataset.bin", {"ContentType": "application/octet-stream"}),
+                                         ("own/open/no-extension", {"ContentType": "application/octet-stream"})])
 def test_open_mode_plain_objects_stay_on_caddy_alone(origin, make_stack, key, extras):
     stack = make_stack(S3CACHE_ACCESS="open")
     origin.s3().put_object(Bucket=BUCKET, Key=key, Body=b"\x89PNG" + bytes(100), **extras)

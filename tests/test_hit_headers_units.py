@@ -91,6 +91,8 @@ def test_only_objects_whose_headers_file_server_cannot_send_are_marked():
     assert kind("page.html", {"content-type": "text/html"}) == "headers"  # Caddy adds a charset
     assert kind("page.html", {"content-type": "binary/octet-stream"}) == "octet"  # S3 makes it a download
     assert kind("data/blob", {"content-type": "binary/octet-stream"}) == "octet"
+    assert kind("data/blob.bin", {"content-type": "application/octet-stream"}) == "app-octet"
+    assert kind("data/blob.bin", {"content-type": "application/octet-stream; x=1"}) == "headers"
     for extra in ("content-encoding", "content-disposition", "content-language", "cache-control", "expires",
                   "x-amz-meta-anything"):
         assert kind("a/photo.png", {**plain, extra: "v"}) == "headers", extra
