@@ -173,6 +173,13 @@ def summary_text(results: dict) -> str:
     return "\n".join(out)
 
 
+def _runs_line(results: dict) -> str:
+    """When each benchmark ran, and how loaded the machine was as it started (other work shares it)."""
+    runs = [f"{name} {res['ran_at'][11:]} (load {res['load_before']:.1f}, {res.get('seconds', 0):.0f} s)"
+            for name, res in results.items() if name != "meta" and isinstance(res, dict) and "ran_at" in res]
+    return ("Runs (start, load average then, duration): " + "; ".join(runs) + ".") if runs else ""
+
+
 def _machine_line(meta: dict) -> str:
     return (f"{meta['date']}; {meta['nproc']} cores ({meta['cpu']}), {meta['memory_gib']} GiB RAM, Linux "
             f"{meta['kernel']}; Caddy {meta['caddy']}, nginx {meta['nginx']}, {meta['wrk']}, Python {meta['python']}; "
@@ -187,7 +194,7 @@ def full_markdown(results: dict, plots: list[str]) -> str:
              f"its {meta['nproc']} cores, and other work on a shared machine adds noise. So every figure is "
              "judged as a ratio against a baseline measured in the same run, with runs interleaved "
              "(each server/mode once per round, order rotated). Re-run: `bench/run` (`--quick` for a smoke run).",
-             "", "## Summary", "", summary_markdown(results), ""]
+             "", _runs_line(results), "", "## Summary", "", summary_markdown(results), ""]
     hit = results.get("hit", {})
     if "table" in hit:
         s = hit["settings"]

@@ -12,6 +12,8 @@ report) and the others still run; the exit status is 1 then.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated subset of: " + ",".join(BENCHMARKS))
     parser.add_argument("--out", help="report directory (default bench/results, or bench/results/quick with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, caches)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other benchmarks' results already in the report directory's latest.json "
+                             "(each benchmark's own baselines are always of its own run; the report says when each ran)")
     args = parser.parse_args(argv)
 
     selected = ([b for b in BENCHMARKS if b not in OPTIONAL] if not args.only
@@ -57,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="s3cache-bench-"))
     ctx = Context(workdir, quick=args.quick)
     results: dict = {"meta": {**machine_info(), "quick": args.quick, "benchmarks": selected}}
+    if args.merge and (out / "latest.json").is_file():
+        earlier = json.loads((out / "latest.json").read_text())
+        results |= {name: res for name, res in earlier.items() if name in BENCHMARKS and name not in selected}
+        results["meta"]["benchmarks"] = [b for b in BENCHMARKS if b in results]
     failed = []
     started = time.monotonic()
     try:
         for name in selected:
             ctx.log(f"== {name}")
             t = time.monotonic()
+            ran = {"ran_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": os.getloadavg()[0]}
             try:
                 results[name] = BENCHMARKS[name](ctx)
             except Exception:
@@ -70,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = {"error": traceback.format_exc()}
                 ctx.log(f"{name} FAILED:\n{results[name]['error']}")
             results[name]["seconds"] = round(time.monotonic() - t, 1)
+            results[name] |= ran
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}")
