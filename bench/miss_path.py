@@ -21,6 +21,11 @@ Beside each time, the CPU seconds it cost: curl's own (rusage of the child), and
 sidecar's fill process (all its threads, from /proc) for a fill: what bounds a fill
 on a busy 2-core machine.
 
+The fill process runs at nice FILL_NICENESS (sidecar/__main__.py: background work yields to the
+request workers), curl at 0: on a machine busy with other work the fill gets a smaller share of
+the cores by design.  So one more baseline, curl into a file + fsync at the fill's niceness, shows
+how much of a gap is that share rather than the fill's own cost.
+
 Only the fill rows, without the redirect runs (one stack, one origin)::
 
     .venv/bin/python bench/miss_path.py --fills [--rounds N] [--size-mib N]
@@ -49,6 +54,7 @@ from bench.common import GiB, MiB, Context, median, ratio, rotated
 from bench.servers import BenchStack, origin_nginx, wait_file_growth_settles
 from bench.wrk import WrkSettings, run_wrk
 from s3cache.layout import ObjectRef
+from sidecar.__main__ import FILL_NICENESS
 from tests.stack import raw_request, wait_until
 
 TARGET_FILL = 0.9
@@ -134,9 +140,10 @@ def _fill_pid(stack: BenchStack) -> int | None:
         return None
 
 
-def _curl(url: str, dest: str, fsync: bool) -> float:
+def _curl(url: str, dest: str, fsync: bool, nice: int = 0) -> float:
     started = time.monotonic()
-    subprocess.run(["curl", "-sS", "--fail", "-o", dest, url], check=True, timeout=600)
+    subprocess.run((["nice", "-n", str(nice)] if nice else []) + ["curl", "-sS", "--fail", "-o", dest, url],
+                   check=True, timeout=600)
     if fsync and dest != "/dev/null":
         fd = os.open(dest, os.O_RDONLY)
         try:
@@ -176,13 +183,14 @@ def _fill(stack: BenchStack, prefix: str, key: str, timeout: float) -> dict:
 
 def fills(ctx: Context, stack: BenchStack, origin_url: str, size: int, rounds: int | None = None) -> dict:
     scratch = stack.cache_dir / "bench-curl.out"  # same filesystem as the cache
-    kinds = ["curl > /dev/null", "curl > file", "curl > file + fsync", "s3cache fill", "s3cache fill (MD5 ETag)"]
+    niced = f"curl > file + fsync (nice {FILL_NICENESS})"
+    kinds = ["curl > /dev/null", "curl > file", "curl > file + fsync", niced, "s3cache fill", "s3cache fill (MD5 ETag)"]
     runs: dict[str, list[float]] = {k: [] for k in kinds}
     logged_secs: dict[str, list[float]] = {k: [] for k in kinds}
     cpu_secs: dict[str, list[float]] = {k: [] for k in kinds}
     timeout = 60 + size / (50 * MiB)
     for round_no in range(ctx.rounds if rounds is None else rounds):
-        order = rotated(["null", "file", "fill", "fill-md5"], round_no)
+        order = rotated(["null", "file", "file-nice", "fill", "fill-md5"], round_no)
         for what in order:
             if what == "null":
                 cpu0 = _children_cpu()
@@ -202,6 +210,12 @@ def fills(ctx: Context, stack: BenchStack, origin_url: str, size: int, rounds: i
                 runs["curl > file"].append(t1 - t0)
                 runs["curl > file + fsync"].append(t2 - t0)
                 cpu_secs["curl > file"].append(cpu1 - cpu0)
+                scratch.unlink()
+            elif what == "file-nice":
+                cpu0 = _children_cpu()
+                runs[niced].append(_curl(f"{origin_url}/bench-fill/curl-{round_no}.bin", str(scratch), True,
+                                         nice=FILL_NICENESS))
+                cpu_secs[niced].append(_children_cpu() - cpu0)
                 scratch.unlink()
             else:
                 prefix = "/bench-fill/" if what == "fill" else "/bench-fill-md5/"
@@ -225,15 +239,14 @@ def fills(ctx: Context, stack: BenchStack, origin_url: str, size: int, rounds: i
                       "log_seconds": median(logged_secs[kind]) if logged_secs[kind] else None, "runs": runs[kind],
                       "cpu_seconds": median(cpu_secs[kind]) if cpu_secs[kind] else None})
     fill = runs["s3cache fill"]
-    ratios = {base: median(ratio(b, a) for a, b in zip(fill, runs[base]))
-              for base in ("curl > /dev/null", "curl > file", "curl > file + fsync")}
+    bases = ("curl > /dev/null", "curl > file", "curl > file + fsync", niced)
+    ratios = {base: median(ratio(b, a) for a, b in zip(fill, runs[base])) for base in bases}
     md5 = runs["s3cache fill (MD5 ETag)"]
-    ratios_md5 = {base: median(ratio(b, a) for a, b in zip(md5, runs[base]))
-                  for base in ("curl > /dev/null", "curl > file", "curl > file + fsync")}
+    ratios_md5 = {base: median(ratio(b, a) for a, b in zip(md5, runs[base])) for base in bases}
     per_round = {kind: [ratio(b, a) for a, b in zip(runs[kind], runs["curl > file + fsync"])]
                  for kind in ("s3cache fill", "s3cache fill (MD5 ETag)")}
     return {"bytes": size, "table": table, "ratio": ratios, "ratio_md5": ratios_md5, "target": TARGET_FILL,
-            "per_round_vs_fsync": per_round}
+            "per_round_vs_fsync": per_round, "niceness": FILL_NICENESS}
 
 
 def _fill_origin(ctx: Context, size: int):
@@ -300,7 +313,7 @@ def _print_fills(result: dict) -> None:
     for row in result["table"]:
         cpu = f"cpu {row['cpu_seconds']:6.2f}s" if row["cpu_seconds"] is not None else ""
         runs = " ".join(f"{r:.2f}" for r in row["runs"])
-        print(f"  {row['kind']:<26} {row['seconds']:6.2f}s {row['mb_per_s']:7.0f} MB/s  {cpu:<12} rounds: {runs}")
+        print(f"  {row['kind']:<34} {row['seconds']:6.2f}s {row['mb_per_s']:7.0f} MB/s  {cpu:<12} rounds: {runs}")
     for label, key in (("fill", "ratio"), ("fill (MD5 ETag)", "ratio_md5")):
         print(f"  {label:<16} ÷ " + ", ".join(f"{base} {r:.2f}×" for base, r in result[key].items()))
     for kind, values in result["per_round_vs_fsync"].items():
