@@ -30,8 +30,11 @@ swept by the evictor.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import hashlib
+import io
 import queue
 import logging
 import os
@@ -296,8 +299,7 @@ class Filler:
             expected, md5 = self._check(resp)
             out = _CacheFile(fd, expected, md5)
             try:
-                for chunk in self._read_body(resp, expected, started):
-                    out.write(chunk)
+                self._receive(resp, out, started)
                 out.finish()
             except FillFailed as exc:
                 exc.needed = expected
@@ -460,6 +462,38 @@ class Filler:
         if size != expected:
             raise FillFailed("truncated", f"{size} of {expected} bytes")
 
+    def _receive(self, resp: urllib3.BaseHTTPResponse, out: "_CacheFile", started: float) -> None:
+        """S3's body into ``out``: exactly ``out.expected`` bytes, before the deadline; FillFailed if not.
+
+        Where the response allows it, each read goes from the socket straight
+        into one of ``out``'s buffers (one copy, no new object per read), and
+        that same buffer is written and hashed.  Otherwise chunk by chunk.
+        """
+        body = _raw_body(resp, out.expected)
+        if body is None:
+            for chunk in self._read_body(resp, out.expected, started):
+                out.write(chunk)
+            return
+        deadline = self.deadline(started, out.expected)
+        while out.size < out.expected:
+            buffer = out.buffer()
+            view = memoryview(buffer)[:out.expected - out.size]
+            try:
+                n = body.readinto1(view)  # one read from the socket, as read1 does
+            except (TimeoutError, http.client.HTTPException):
+                raise
+            except OSError as exc:  # a reset, a TLS error: what urllib3 calls a broken connection
+                raise FillFailed("truncated", f"connection cut after {out.size} of {out.expected} bytes: "
+                                              f"{type(exc).__name__}") from exc
+            finally:
+                view.release()
+            if not n:
+                raise FillFailed("truncated", f"{out.size} of {out.expected} bytes")
+            out.write_buffer(buffer, n)
+            if out.size < out.expected and time.monotonic() > deadline:
+                raise FillFailed("too-slow", f"{out.size} of {out.expected} bytes after "
+                                             f"{time.monotonic() - started:.0f}s (S3CACHE_FILL_MIN_RATE {self.min_rate:g} B/s)")
+
     def _commit(self, ref: ObjectRef, fd: int, tmp: str, final: str, headers: dict[str, str], replace: bool) -> None:
         last_modified = parse_http_date(headers.get("last-modified"))
         now = time.time()
@@ -580,8 +614,10 @@ class _BackgroundMD5:
     hashlib releases the GIL while it hashes a large buffer, as the socket read
     and the file write do: on a second core the hash of one chunk runs while
     the next is read and written, instead of after it (bench/miss_path.py:
-    a fill with an MD5 ETag against one without). Chunks are immutable bytes;
-    at most QUEUED wait, so a slow hash slows the fill rather than filling memory.
+    a fill with an MD5 ETag against one without).  Either immutable bytes
+    (``update``: at most QUEUED wait, so a slow hash slows the fill rather
+    than filling memory), or a view of a buffer the caller reuses only once
+    the hash has read it (``update_shared``: the caller's buffers are the bound).
     The thread ends with ``hexdigest``, or when this object is dropped (a failed
     fill): it never holds a reference to it.
     """
@@ -592,21 +628,26 @@ class _BackgroundMD5:
         self._md5 = hashlib.md5()
         self._chunks: queue.SimpleQueue = queue.SimpleQueue()
         self._room = threading.BoundedSemaphore(self.QUEUED)
-        self._thread = threading.Thread(target=self._run, args=(self._md5, self._chunks, self._room),
+        self._thread = threading.Thread(target=self._run, args=(self._md5, self._chunks),
                                         name="fill-md5", daemon=True)
         self._thread.start()
         weakref.finalize(self, self._chunks.put, None)
         self._hex: str | None = None
 
     @staticmethod
-    def _run(md5, chunks: queue.SimpleQueue, room: threading.BoundedSemaphore) -> None:
-        while (chunk := chunks.get()) is not None:
-            md5.update(chunk)
-            room.release()
+    def _run(md5, chunks: queue.SimpleQueue) -> None:
+        while (item := chunks.get()) is not None:
+            md5.update(item[0])
+            item[1]()
+            del item  # not kept while waiting for the next: its buffer may be the caller's
 
     def update(self, chunk: bytes) -> None:
         self._room.acquire()
-        self._chunks.put(bytes(chunk))
+        self._chunks.put((bytes(chunk), self._room.release))
+
+    def update_shared(self, view: memoryview, hashed: Callable[[], None]) -> None:
+        """Hash ``view``, then call ``hashed`` (on the hash thread): until then its buffer must not change."""
+        self._chunks.put((view, hashed))
 
     def hexdigest(self) -> str:
         if self._hex is None:
@@ -622,15 +663,56 @@ class _CacheFile:
     An unbuffered write may write fewer bytes than asked near ENOSPC without
     raising; only the count it returns tells.  So each write loops on the
     count, and the file's size on disk is checked after the fsync.
+
+    Bytes come either as chunks (``write``) or read straight into one of this
+    file's own buffers (``buffer``, then ``write_buffer``): one buffer without
+    an MD5 to check; with one, BUFFERS in turn, so the socket fills the next
+    while the hash thread reads the ones before it, and a buffer is reused
+    only once hashed.  Writeback of what is written starts every
+    WRITEBACK_BYTES (``_start_writeback``), so the disk works while the
+    network does and the fsync before the rename waits only for the tail.
     """
+
+    BUFFERS = 8
+    WRITEBACK_BYTES = 8 * CHUNK
 
     def __init__(self, fd: int, expected: int, md5_expected: str | None):
         self.fd, self.expected, self.md5_expected = fd, expected, md5_expected
         self.digest = _BackgroundMD5() if md5_expected else None
         self.size = 0
+        self._written_back = 0  # bytes whose writeback has been started
+        self._free: queue.SimpleQueue | None = None  # buffers the hash thread is done with
+        self._buffers = 0
+
+    def buffer(self) -> bytearray:
+        """A buffer to read the next bytes into (waits for the hash thread to give one back)."""
+        if self._free is None:
+            self._free = queue.SimpleQueue()
+        if self._buffers < (self.BUFFERS if self.digest else 1) and self._free.empty():
+            self._buffers += 1
+            return bytearray(min(CHUNK, self.expected))
+        return self._free.get()
+
+    def write_buffer(self, buffer: bytearray, n: int) -> None:
+        """Write (and hash) the first ``n`` bytes of ``buffer``, a buffer from ``buffer()``."""
+        view = memoryview(buffer)[:n]
+        if self.digest:
+            # Hashed while it is written: both only read it.  The write's outcome decides the fill either way.
+            self.digest.update_shared(view, functools.partial(self._free.put, buffer))
+        try:
+            self._write(view)
+        finally:
+            if not self.digest:
+                view.release()
+                self._free.put(buffer)
 
     def write(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
+        self._write(memoryview(chunk))
+        if self.digest:
+            self.digest.update(chunk)
+
+    def _write(self, data: memoryview) -> None:
+        view = data
         try:
             while view:
                 n = os.write(self.fd, view)
@@ -639,9 +721,10 @@ class _CacheFile:
                 view = view[n:]
         except OSError as exc:
             raise FillFailed(_disk_reason(exc), f"writing the temp file: {exc.strerror or exc}") from None
-        self.size += len(chunk)
-        if self.digest:
-            self.digest.update(chunk)
+        self.size += len(data)
+        if self.size - self._written_back >= self.WRITEBACK_BYTES:
+            _start_writeback(self.fd, self._written_back, self.size - self._written_back)
+            self._written_back = self.size
 
     def finish(self) -> None:
         if self.size != self.expected:
@@ -730,6 +813,49 @@ class _StreamBody:
                 _unlink_quietly(self.tmp)
             os.close(self.fd)
             self.resp.close()
+
+
+def _raw_body(resp, expected: int) -> "io.BufferedReader | None":
+    """The buffered socket under ``resp`` to read its body from directly; None unless that is safe.
+
+    Safe: an urllib3 response over http.client, nothing of the body read yet,
+    and no framing between us and the bytes (a chunked body goes through
+    http.client).  Reading past urllib3 skips its length bookkeeping, which
+    no one needs: the caller reads exactly ``expected`` bytes, then closes
+    the response (and its connection).
+    """
+    original = getattr(resp, "_fp", None)
+    if not isinstance(original, http.client.HTTPResponse) or getattr(resp, "_fp_bytes_read", None) != 0:
+        return None
+    if original.chunked or original.length != expected or original.fp is None:
+        return None
+    return original.fp if isinstance(original.fp, io.BufferedReader) else None
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, don't wait
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing ``length`` bytes at ``offset`` to disk now, without waiting.
+
+    Best effort: the fsync before the rename is what counts (and reports a
+    disk error); this only makes it short.  A kernel that has not started the
+    writeback by then keeps what it has cached until it must, and writes it
+    all in the fsync, after the last byte has arrived.
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _lower_headers(resp) -> dict[str, str]:
