@@ -51,12 +51,13 @@ def save_cursor(layout: Layout, cursor: Cursor) -> None:
 # -- one line ----------------------------------------------------------------------
 
 
-def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
-    """``((host, raw path), hit time in ns)`` for a cache hit; None for any other request.
+def parse_request(line: bytes) -> tuple[tuple[str, str], int, bool] | None:
+    """``((host, raw path), time in ns, hit?)`` for a GET or HEAD the cache answered (HIT) or missed (MISS).
 
     The host matters for virtual-hosted requests, where it names the bucket;
-    the raw path is in the form ``request_path.parse_uri`` expects.  Raises
-    ValueError when the line is not a Caddy access-log record.
+    the raw path is in the form ``request_path.parse_uri`` expects.  None for
+    any other request; raises ValueError when the line is not a Caddy
+    access-log record.
     """
     rec = accesslog.parse(line)
     if rec.ts <= 0:
@@ -64,15 +65,26 @@ def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
     if rec.method not in ("GET", "HEAD"):
         return None
     x_cache = rec.x_cache()
-    if x_cache is None or "HIT" not in x_cache:
+    if x_cache is None:
         return None
-    return (rec.host, rec.raw_path), int(rec.ts * 1e9)
+    hit = "HIT" in x_cache
+    if not hit and "MISS" not in x_cache:
+        return None
+    return (rec.host, rec.raw_path), int(rec.ts * 1e9), hit
+
+
+def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
+    """``((host, raw path), hit time in ns)`` for a cache hit; None for any other request."""
+    got = parse_request(line)
+    return got[:2] if got is not None and got[2] else None
 
 
 @dataclass
 class LogRead:
     hits: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> latest hit (ns)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> hits (for the sketch)
+    # Every hit and miss in order, when asked for (S3CACHE_EVICT_POLICY=adaptive): (host, raw path), ns.
+    requests: list[tuple[tuple[str, str], int]] | None = None
     lines: int = 0
     malformed: int = 0
     files: list[str] = field(default_factory=list)
@@ -80,25 +92,34 @@ class LogRead:
     now_ns: int = 0
 
     def feed(self, line: bytes) -> None:
-        if b'"HIT"' not in line:  # cheap filter: most lines are not hits, skip their JSON
+        # Cheap filter: most lines are neither, skip their JSON.
+        if b'"HIT"' not in line and (self.requests is None or b'"MISS"' not in line):
             return
         try:
-            hit = parse_hit(line)
+            got = parse_request(line)
         except ValueError:  # also UnicodeDecodeError
             self.malformed += 1
             return
-        if hit is None:
+        if got is None:
             return
-        path, ns = hit
+        path, ns, hit = got
         ns = min(ns, self.now_ns)  # a clock in the future must not pin an object forever
+        if self.requests is not None:
+            self.requests.append((path, ns))
+        if not hit:
+            return
         self.counts[path] = self.counts.get(path, 0) + 1
         if ns > self.hits.get(path, 0):
             self.hits[path] = ns
 
 
-def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Errors | None = None) -> LogRead:
-    """Every access-log line written since ``cursor`` (all there is when None), and the next cursor."""
-    read = LogRead(now_ns=int(now * 1e9))
+def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Errors | None = None,
+             requests: bool = False) -> LogRead:
+    """Every access-log line written since ``cursor`` (all there is when None), and the next cursor.
+
+    ``requests``: also keep every hit and miss in order (``LogRead.requests``).
+    """
+    read = LogRead(now_ns=int(now * 1e9), requests=[] if requests else None)
     progress = accesslog.read(layout.access_log, cursor, read.feed, now=now,
                               on_error=errors.add if errors is not None else None)
     read.lines, read.files, read.cursor = progress.lines, progress.files, progress.position
@@ -126,6 +147,20 @@ def resolve(layout: Layout, hits: dict[tuple[str, str], int],
         except (BadRequest, ValueError):  # Uncacheable is a ValueError
             continue
         out[path] = combine(out[path], ns) if path in out else ns
+    return out
+
+
+def resolve_requests(layout: Layout, requests: list[tuple[tuple[str, str], int]],
+                     addressing: Addressing | None = None) -> list[tuple[bytes, int]]:
+    """``LogRead.requests`` as (object file path, ns), in order; requests no object file answers are left out."""
+    paths: dict[tuple[str, str], bytes | None] = {}
+    out = []
+    for where, ns in requests:
+        if where not in paths:
+            paths[where] = next(iter(resolve(layout, {where: 0}, addressing)), None)
+        path = paths[where]
+        if path is not None:
+            out.append((path, ns))
     return out
 
 
