@@ -2,8 +2,9 @@
 
 1. Simulated, on every trace of ``bench.traces`` (fixed seeds) at 1%, 10% and
    30% of the working set's bytes: s3cache's choices (``bench.policysim``,
-   which runs ``s3cache.sketch`` itself) — ``lru+first`` is what s3cache did
-   before admission, ``lfu+tinylfu`` the defaults — beside libCacheSim's LRU,
+   which runs ``s3cache.sketch`` and ``evictor.adaptive`` themselves) —
+   ``lru+first`` is what s3cache did before admission, ``lfu+tinylfu`` the
+   defaults before the adaptive policy, ``adaptive+tinylfu`` the defaults — beside libCacheSim's LRU,
    S3-FIFO, SIEVE, W-TinyLFU, ARC and Belady (``bench.reference``) when installed.
 2. The real stack (``bench.egress.run_mode``: Caddy, sidecar, evictor, an
    nginx origin counting bytes) on the Zipf 0.9 trace at each capacity: the
@@ -23,8 +24,8 @@ from bench.common import Context
 from bench.servers import origin_nginx
 
 CAPACITIES = (0.01, 0.10, 0.30)
-OURS = ("lru+first", "lfu+first", "lru+tinylfu", "lfu+tinylfu")
-DEFAULT = "lfu+tinylfu"
+OURS = ("lru+first", "lfu+first", "lru+tinylfu", "lfu+tinylfu", "adaptive+tinylfu")
+DEFAULT = "adaptive+tinylfu"
 BASELINE = "lru+first"
 
 

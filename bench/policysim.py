@@ -8,6 +8,10 @@ counting every request; the order is ``evictor.policy``'s:
 - eviction ``lru``: least recently used first;
 - eviction ``lfu``: lowest sketch estimate first (zero for an object not asked for since the
   aging before last), least recently used among equals;
+- eviction ``adaptive``: ``evictor.adaptive.Duel`` itself, fed at each eviction the requests since
+  the last one (as the evictor replays the access log at each pass, sizes known only for what is
+  cached), chooses ``lfu`` or ``lru``; while it chooses ``lru+first`` the published admission
+  boundary is 0 (``tinylfu`` admits every miss), as the evictor publishes it;
 - admission ``first``: every miss fills;
 - admission ``count:N``: a miss fills once the object was asked for N times (sketch estimate);
 - admission ``tinylfu``: a miss fills only when the object is asked for more often than the
@@ -144,7 +148,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objects", type=int, default=2000)
     p.add_argument("--requests", type=int, default=20000)
-    p.add_argument("--policies", default="lru+first,lru+count:2,lru+tinylfu,lfu+first,lfu+tinylfu")
+    p.add_argument("--policies", default="lru+first,lru+count:2,lru+tinylfu,lfu+first,lfu+tinylfu,adaptive+tinylfu")
     args = p.parse_args()
     print("trace      cap  policy            hit   bhr   redirect stream")
     for name in traces.NAMES:

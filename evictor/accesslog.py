@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import stat as stat_mod
+from array import array
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 from evictor.report import Errors
 from s3cache import accesslog, atomic
@@ -79,12 +81,33 @@ def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
     return got[:2] if got is not None and got[2] else None
 
 
+class Requests:
+    """Every hit and miss in order, compactly: 12 bytes a request, plus one entry per distinct URL."""
+
+    def __init__(self) -> None:
+        self.urls: list[tuple[str, str]] = []  # (host, raw path), each once
+        self._number: dict[tuple[str, str], int] = {}
+        self.index = array("I")  # request -> its URL in ``urls``
+        self.ns = array("q")
+
+    def add(self, where: tuple[str, str], ns: int) -> None:
+        i = self._number.get(where)
+        if i is None:
+            i = self._number[where] = len(self.urls)
+            self.urls.append(where)
+        self.index.append(i)
+        self.ns.append(ns)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 @dataclass
 class LogRead:
     hits: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> latest hit (ns)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> hits (for the sketch)
     # Every hit and miss in order, when asked for (S3CACHE_EVICT_POLICY=adaptive): (host, raw path), ns.
-    requests: list[tuple[tuple[str, str], int]] | None = None
+    requests: Requests | None = None
     lines: int = 0
     malformed: int = 0
     files: list[str] = field(default_factory=list)
@@ -105,7 +128,7 @@ class LogRead:
         path, ns, hit = got
         ns = min(ns, self.now_ns)  # a clock in the future must not pin an object forever
         if self.requests is not None:
-            self.requests.append((path, ns))
+            self.requests.add(path, ns)
         if not hit:
             return
         self.counts[path] = self.counts.get(path, 0) + 1
@@ -119,7 +142,7 @@ def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Error
 
     ``requests``: also keep every hit and miss in order (``LogRead.requests``).
     """
-    read = LogRead(now_ns=int(now * 1e9), requests=[] if requests else None)
+    read = LogRead(now_ns=int(now * 1e9), requests=Requests() if requests else None)
     progress = accesslog.read(layout.access_log, cursor, read.feed, now=now,
                               on_error=errors.add if errors is not None else None)
     read.lines, read.files, read.cursor = progress.lines, progress.files, progress.position
@@ -150,18 +173,13 @@ def resolve(layout: Layout, hits: dict[tuple[str, str], int],
     return out
 
 
-def resolve_requests(layout: Layout, requests: list[tuple[tuple[str, str], int]],
-                     addressing: Addressing | None = None) -> list[tuple[bytes, int]]:
+def resolve_requests(layout: Layout, requests: Requests,
+                     addressing: Addressing | None = None) -> Iterator[tuple[bytes, int]]:
     """``LogRead.requests`` as (object file path, ns), in order; requests no object file answers are left out."""
-    paths: dict[tuple[str, str], bytes | None] = {}
-    out = []
-    for where, ns in requests:
-        if where not in paths:
-            paths[where] = next(iter(resolve(layout, {where: 0}, addressing)), None)
-        path = paths[where]
-        if path is not None:
-            out.append((path, ns))
-    return out
+    paths = [next(iter(resolve(layout, {where: 0}, addressing)), None) for where in requests.urls]
+    for i, ns in zip(requests.index, requests.ns):
+        if paths[i] is not None:
+            yield paths[i], ns
 
 
 def refresh_atimes(paths: dict[bytes, int], errors: Errors | None = None) -> int:

@@ -47,18 +47,21 @@ def _duel(layout: Layout, config: Config, log: accesslog.LogRead, sketch: Freque
           result, objects_dir: bytes, dry_run: bool, errors: Errors) -> tuple[str, str]:
     """S3CACHE_EVICT_POLICY=adaptive: replay this pass's requests into the shadow caches; which candidate runs."""
     duel = adaptive.load(layout.adaptive_file)
-    sizes: dict[bytes, int | None] = {}
+    sampled: dict[bytes, tuple[bytes, int | None] | None] = {}  # path -> (key, size) when in the sample
     requests = []
-    for path, ns in accesslog.resolve_requests(layout, log.requests or [], config.addressing):
-        key = file_key(objects_dir, path)
-        if not duel.in_sample(key):
-            continue
-        if path not in sizes:  # the cached file's size now; unknown (None) for what is not cached
-            try:
-                sizes[path] = os.stat(path).st_size
+    for path, ns in accesslog.resolve_requests(layout, log.requests or accesslog.Requests(), config.addressing):
+        if path not in sampled:
+            key = file_key(objects_dir, path)
+            if not duel.in_sample(key):
+                sampled[path] = None
+                continue
+            try:  # the cached file's size now; unknown (None) for what is not cached
+                sampled[path] = key, os.stat(path).st_size
             except OSError:
-                sizes[path] = None
-        requests.append((key, sizes[path], ns / 1e9))
+                sampled[path] = key, None
+        got = sampled[path]
+        if got is not None:
+            requests.append((got[0], got[1], ns / 1e9))
     # What the cache may hold at 100%: S3CACHE_MAX_BYTES, and the disk less what is not the cache's.
     room = fs.capacity - max(0, fs.used - result.alloc_bytes) if fs.capacity > 0 else 0
     capacity = min(room, config.max_bytes) if config.max_bytes else room
