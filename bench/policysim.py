@@ -11,7 +11,9 @@ counting every request; the order is ``evictor.policy``'s:
 - eviction ``adaptive``: ``evictor.adaptive.Duel`` itself, fed at each eviction the requests since
   the last one (as the evictor replays the access log at each pass, sizes known only for what is
   cached), chooses ``lfu`` or ``lru``; while it chooses ``lru+first`` the published admission
-  boundary is 0 (``tinylfu`` admits every miss), as the evictor publishes it;
+  boundary is 0 (``tinylfu`` admits every miss), as the evictor publishes it.  The evictor also
+  runs scheduled passes with nothing to evict, which still choose (and may open admission): one
+  every ``pass_every`` requests here (200 by default; the bench's real stack passes every 0.25 s);
 - admission ``first``: every miss fills;
 - admission ``count:N``: a miss fills once the object was asked for N times (sketch estimate);
 - admission ``tinylfu``: a miss fills only when the object is asked for more often than the
@@ -59,13 +61,18 @@ class PolicyResult:
         return self.miss_bytes / self.client_bytes if self.client_bytes else 0.0
 
 
+# Requests between the evictor's scheduled passes (``adaptive`` only: the other policies decide nothing
+# between evictions, which happen here the moment the cache crosses ``high``).
+PASS_EVERY = 200
+
+
 def _key(obj: int) -> bytes:
     return b"o%d" % obj
 
 
 def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict: str = "lru",
              admit: str = "first", high: float = 0.9, low: float = 0.8, window: int | None = None,
-             duel: adaptive.Duel | None = None) -> PolicyResult:
+             duel: adaptive.Duel | None = None, pass_every: int | None = PASS_EVERY) -> PolicyResult:
     # As the evictor sets it: ten times the objects the cache holds (TinyLFU's sample size).
     distinct = set(trace)
     mean = sum(sizes[o] for o in distinct) / len(distinct)
@@ -80,7 +87,22 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
     used = hits = client = miss_bytes = fill_bytes = misses = fills = 0
     boundary = 0
     count_n = int(admit.partition(":")[2] or 0) if admit.startswith("count") else 0
+    chosen_admit = admit
+
+    def replay() -> str:
+        # What the evictor knows at a pass: a request's size if the object is in the cache now.
+        nonlocal chosen_admit
+        requests = [(k, sizes[int(k[1:])] if int(k[1:]) in cache else None, at) for k, _, at in pending]
+        order_by, chosen_admit = duel.replay(requests, capacity, sketch, high=high, low=low,
+                                             mean_size=used // len(cache) if cache else int(mean))
+        pending.clear()
+        return order_by
+
     for t, obj in enumerate(trace):
+        if duel is not None and pass_every and t and t % pass_every == 0:
+            replay()  # a scheduled pass with nothing to evict still chooses, and may open admission
+            if chosen_admit == "first":
+                boundary = 0
         now[0] = t
         size = sizes[obj]
         client += size
@@ -113,11 +135,7 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
         if used > limit:
             order_by = evict
             if duel is not None:
-                # What the evictor knows at a pass: a request's size if the object is in the cache now.
-                requests = [(k, sizes[int(k[1:])] if int(k[1:]) in cache else None, at) for k, _, at in pending]
-                order_by, chosen_admit = duel.replay(requests, capacity, sketch, high=high, low=low,
-                                                     mean_size=used // len(cache))
-                pending.clear()
+                order_by = replay()
             prev_aging = sketch.aged_at[1]
             if order_by == "lru":
                 order = sorted(cache, key=cache.__getitem__)

@@ -19,9 +19,11 @@ Miniature Simulations", ATC'17):
   ``run/frequency.sketch``; an object not asked for since the aging before
   last counts zero, as in ``evictor.policy``), tinylfu's boundary (the highest
   estimate among the shadow's last victims, halved when the sketch ages).
-- **Score.**  Each shadow's hit bytes, decayed by half every ``HALF_LIFE``
-  sampled requests: what it would have saved *lately*.  The pass runs the
-  candidate with the higher score (ties and no data: the frequency one).
+- **Score.**  Each shadow's hit bytes, decayed by half every ``HALF_LIFE`` x
+  (the objects a shadow holds) sampled requests: what it would have saved *lately*.  The pass runs the
+  candidate with the higher score (no data: the frequency one), but switches
+  only for a lead of ``SWITCH_MARGIN``: near ties on a stable Zipf trace
+  flipped admission open and shut, at a cost (``bench/policysim.py``).
 - **Admission follows.**  When the recency candidate runs, the evictor
   publishes an admission boundary of 0, so ``tinylfu`` admits every miss
   (a new phase is not turned away while recency wins).
@@ -48,6 +50,7 @@ CANDIDATES = (("lfu", "tinylfu"), ("lru", "first"))  # the first is the one run 
 MAX_KEYS = 8192        # entries the shadows hold together: bounded state (~1 MB of JSON) at any cache size
 HALF_LIFE = 0.5        # a shadow's score halves over this many times the sampled objects a shadow holds
 HALF_LIFE_MIN = 64     # requests
+SWITCH_MARGIN = 0.05   # how much better (a fraction) the other shadow must score to switch
 HASH_SPACE = 1 << 64
 VERSION = 1
 
@@ -176,7 +179,9 @@ class Duel:
                 s.request(key, size, t, sketch, before, limit, floor, mean_size)
             self._bound()
         best = max(range(len(self.shadows)), key=lambda i: (self.shadows[i].score, -i))
-        self.chosen = best
+        # Hysteresis: a near tie keeps what runs (each switch of admission costs fills or hits).
+        if self.shadows[best].score > self.shadows[self.chosen].score * (1 + SWITCH_MARGIN):
+            self.chosen = best
         return self.choice()
 
     def _bound(self) -> None:
