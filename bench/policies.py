@@ -2,8 +2,9 @@
 
 1. Simulated, on every trace of ``bench.traces`` (fixed seeds) at 1%, 10% and
    30% of the working set's bytes: s3cache's choices (``bench.policysim``,
-   which runs ``s3cache.sketch`` itself) — ``lru+first`` is what s3cache did
-   before admission, ``lfu+tinylfu`` the defaults — beside libCacheSim's LRU,
+   which runs ``s3cache.sketch`` and ``evictor.adaptive`` themselves) —
+   ``lru+first`` is what s3cache did before admission, ``lfu+tinylfu`` the
+   defaults before the adaptive policy, ``adaptive+tinylfu`` the defaults — beside libCacheSim's LRU,
    S3-FIFO, SIEVE, W-TinyLFU, ARC and Belady (``bench.reference``) when installed.
 2. The real stack (``bench.egress.run_mode``: Caddy, sidecar, evictor, an
    nginx origin counting bytes) on the Zipf 0.9 trace at each capacity: the
@@ -23,8 +24,8 @@ from bench.common import Context
 from bench.servers import origin_nginx
 
 CAPACITIES = (0.01, 0.10, 0.30)
-OURS = ("lru+first", "lfu+first", "lru+tinylfu", "lfu+tinylfu")
-DEFAULT = "lfu+tinylfu"
+OURS = ("lru+first", "lfu+first", "lru+tinylfu", "lfu+tinylfu", "adaptive+tinylfu")
+DEFAULT = "adaptive+tinylfu"
 BASELINE = "lru+first"
 
 
@@ -80,25 +81,29 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+LFU_BEFORE = ("redirect", "lfu+tinylfu", {"S3CACHE_EVICT_POLICY": "lfu", "S3CACHE_ADMIT": "tinylfu"})
+
+
 def real(ctx: Context, objects: int, requests: int, budget: float, overshoot: float,
-         capacities: tuple[float, ...] = CAPACITIES) -> list[dict]:
-    workload = traces.make("zipf-0.9", objects, requests)
-    docroot = ctx.dir("policies/origin-docroot")
+         capacities: tuple[float, ...] = CAPACITIES, trace: str = "zipf-0.9",
+         extra: tuple[tuple[str, str, dict], ...] = ()) -> list[dict]:
+    workload = traces.make(trace, objects, requests)
+    docroot = ctx.dir(f"policies/origin-docroot-{trace}")
     (docroot / egress.PREFIX).mkdir(exist_ok=True)
     for i, size in enumerate(workload.sizes):
         with open(docroot / egress._object_path(i), "wb") as fh:
             fh.truncate(size)
-    origin = origin_nginx(ctx.dir("policies/origin"), docroot).start()
+    origin = origin_nginx(ctx.dir(f"policies/origin-{trace}"), docroot).start()
     runs = [("redirect", DEFAULT, {}), ("stream", DEFAULT, {}),
-            ("redirect", BASELINE, {"S3CACHE_EVICT_POLICY": "lru", "S3CACHE_ADMIT": "first"})]
+            ("redirect", BASELINE, {"S3CACHE_EVICT_POLICY": "lru", "S3CACHE_ADMIT": "first"}), *extra]
     rows = []
     try:
         for frac in capacities:
             cap = int(workload.working_set_bytes * frac)
             for mode, pol, env in runs:
-                label = f"{frac:.0%}-{mode}-{pol}".replace("%", "pc").replace("+", "-")
+                label = f"{trace}-{frac:.0%}-{mode}-{pol}".replace("%", "pc").replace("+", "-")
                 r = egress.run_mode(ctx, origin, workload, cap, mode, budget, overshoot, label=label, **env)
-                rows.append({"trace": "zipf-0.9", "capacity": frac, "policy": pol, "capacity_bytes": cap, **r})
+                rows.append({"trace": trace, "capacity": frac, "policy": pol, "capacity_bytes": cap, **r})
     finally:
         origin.stop()
     return rows
@@ -110,6 +115,10 @@ def run(ctx: Context) -> dict:
     for t in targets(rows):
         ctx.log(f"policies sim: {t['target']}: {t['value']} {'met' if t['met'] else 'NOT MET'}")
     budget = 10.0 if ctx.quick else 240.0
-    real_rows = real(ctx, objects, requests_n, budget, 0.5 if ctx.quick else 0.2)
+    overshoot = 0.5 if ctx.quick else 0.2
+    real_rows = real(ctx, objects, requests_n, budget, overshoot)
+    # The recency-heavy trace the adaptive policy is for: the old default beside the new and LRU.
+    real_rows += real(ctx, objects, requests_n, budget, overshoot, capacities=(0.30,), trace="shifting",
+                      extra=(LFU_BEFORE,))
     return {"objects": objects, "requests": requests_n, "sim": rows, "targets": targets(rows), "real": real_rows,
             "libcachesim": reference.available()}

@@ -8,6 +8,12 @@ counting every request; the order is ``evictor.policy``'s:
 - eviction ``lru``: least recently used first;
 - eviction ``lfu``: lowest sketch estimate first (zero for an object not asked for since the
   aging before last), least recently used among equals;
+- eviction ``adaptive``: ``evictor.adaptive.Duel`` itself, fed at each eviction the requests since
+  the last one (as the evictor replays the access log at each pass, sizes known only for what is
+  cached), chooses ``lfu`` or ``lru``; while it chooses ``lru+first`` the published admission
+  boundary is 0 (``tinylfu`` admits every miss), as the evictor publishes it.  The evictor also
+  runs scheduled passes with nothing to evict, which still choose (and may open admission): one
+  every ``pass_every`` requests here (200 by default; the bench's real stack passes every 0.25 s);
 - admission ``first``: every miss fills;
 - admission ``count:N``: a miss fills once the object was asked for N times (sketch estimate);
 - admission ``tinylfu``: a miss fills only when the object is asked for more often than the
@@ -23,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from evictor import adaptive
 from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch
 
 
@@ -54,30 +61,57 @@ class PolicyResult:
         return self.miss_bytes / self.client_bytes if self.client_bytes else 0.0
 
 
+# Requests between the evictor's scheduled passes (``adaptive`` only: the other policies decide nothing
+# between evictions, which happen here the moment the cache crosses ``high``).
+PASS_EVERY = 200
+
+
 def _key(obj: int) -> bytes:
     return b"o%d" % obj
 
 
 def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict: str = "lru",
-             admit: str = "first", high: float = 0.9, low: float = 0.8, window: int | None = None) -> PolicyResult:
+             admit: str = "first", high: float = 0.9, low: float = 0.8, window: int | None = None,
+             duel: adaptive.Duel | None = None, pass_every: int | None = PASS_EVERY) -> PolicyResult:
     # As the evictor sets it: ten times the objects the cache holds (TinyLFU's sample size).
     distinct = set(trace)
     mean = sum(sizes[o] for o in distinct) / len(distinct)
-    sketch = FrequencySketch.in_memory(window or max(WINDOW_MIN, int(WINDOW_PER_OBJECT * capacity / mean)))
+    now = [0]  # the sketch's clock is the request number here (it is wall time in the evictor)
+    sketch = FrequencySketch.in_memory(window or max(WINDOW_MIN, int(WINDOW_PER_OBJECT * capacity / mean)),
+                                       clock=lambda: now[0])
+    if evict == "adaptive" and duel is None:
+        duel = adaptive.Duel()
+    pending: list[tuple[bytes, int | None, float]] = []  # requests since the last pass (the access log's lines)
     limit, floor = high * capacity, low * capacity
     cache: dict[int, int] = {}  # object -> last access (request number)
     used = hits = client = miss_bytes = fill_bytes = misses = fills = 0
     boundary = 0
-    prev_aging = last_aging = 0
     count_n = int(admit.partition(":")[2] or 0) if admit.startswith("count") else 0
+    chosen_admit = admit
+
+    def replay() -> str:
+        # What the evictor knows at a pass: a request's size if the object is in the cache now.
+        nonlocal chosen_admit
+        requests = [(k, sizes[int(k[1:])] if int(k[1:]) in cache else None, at) for k, _, at in pending]
+        order_by, chosen_admit = duel.replay(requests, capacity, sketch, high=high, low=low,
+                                             mean_size=used // len(cache) if cache else int(mean))
+        pending.clear()
+        return order_by
+
     for t, obj in enumerate(trace):
+        if duel is not None and pass_every and t and t % pass_every == 0:
+            replay()  # a scheduled pass with nothing to evict still chooses, and may open admission
+            if chosen_admit == "first":
+                boundary = 0
+        now[0] = t
         size = sizes[obj]
         client += size
         before = sketch.additions
         est = sketch.add(_key(obj))
         if sketch.additions < before:  # the sketch just aged: so does the admission boundary
             boundary >>= 1
-            prev_aging, last_aging = last_aging, t
+        if duel is not None:
+            pending.append((_key(obj), None, t))
         if obj in cache:
             hits += 1
             cache[obj] = t
@@ -99,10 +133,14 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
         cache[obj] = t
         used += size
         if used > limit:
-            if evict == "lru":
+            order_by = evict
+            if duel is not None:
+                order_by = replay()
+            prev_aging = sketch.aged_at[1]
+            if order_by == "lru":
                 order = sorted(cache, key=cache.__getitem__)
                 est_of = None
-            elif evict == "lfu":
+            elif order_by == "lfu":
                 # Not asked for since the aging before last: its count is history, not frequency.
                 est_of = {o: sketch.estimate(_key(o)) if cache[o] >= prev_aging else 0 for o in cache}
                 order = sorted(cache, key=lambda o: (est_of[o], cache[o]))
@@ -116,6 +154,8 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
                 del cache[victim]
                 top = max(top, est_of[victim] if est_of else sketch.estimate(_key(victim)))
             boundary = top
+            if duel is not None and chosen_admit == "first":
+                boundary = 0  # recency runs: tinylfu admits every miss (evictor.adaptive)
     return PolicyResult(f"{evict}+{admit}", len(trace), hits, client, miss_bytes, fill_bytes, misses, fills)
 
 
@@ -126,7 +166,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objects", type=int, default=2000)
     p.add_argument("--requests", type=int, default=20000)
-    p.add_argument("--policies", default="lru+first,lru+count:2,lru+tinylfu,lfu+first,lfu+tinylfu")
+    p.add_argument("--policies", default="lru+first,lru+count:2,lru+tinylfu,lfu+first,lfu+tinylfu,adaptive+tinylfu")
     args = p.parse_args()
     print("trace      cap  policy            hit   bhr   redirect stream")
     for name in traces.NAMES:

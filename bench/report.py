@@ -486,7 +486,7 @@ def _policies_markdown(po: dict, plots: list[str]) -> list[str]:
     parts = ["## Admission and eviction", "",
              f"Traces of `bench/traces.py` ({po['objects']:,} objects, {po['requests']:,} requests, fixed seeds); "
              "capacity as a share of the working set's bytes. `lru+first` is s3cache before issue 16, `lfu+tinylfu` "
-             "the defaults (`bench/policysim.py`); `libcachesim …` rows are libCacheSim's own policies"
+             "the defaults before the adaptive policy, `adaptive+tinylfu` the defaults (`bench/policysim.py`); `libcachesim …` rows are libCacheSim's own policies"
              + ("" if po.get("libcachesim") else " (not installed in this run)") + ". "
              "$ saved per TB served at $0.09/GB.", "",
              "### Targets (simulated)", "",
@@ -499,10 +499,10 @@ def _policies_markdown(po: dict, plots: list[str]) -> list[str]:
                               d(r["dollars_saved_per_tb_redirect"]), d(r["dollars_saved_per_tb_stream"])]
                              for r in po["sim"]]), ""]
     if po.get("real"):
-        parts += ["### Real stack (Zipf 0.9)", "",
-                  markdown_table(["capacity", "policy", "mode", "requests", "hit ratio", "byte hit ratio",
+        parts += ["### Real stack", "",
+                  markdown_table(["trace", "capacity", "policy", "mode", "requests", "hit ratio", "byte hit ratio",
                                   "origin ÷ client", "$ saved/TB", "peak cache at passes (of cap)"],
-                                 [[f"{r['capacity']:.0%}", r["policy"], r["mode"], _num(r["requests"]),
+                                 [[r.get("trace", "zipf-0.9"), f"{r['capacity']:.0%}", r["policy"], r["mode"], _num(r["requests"]),
                                    f(r["hit_ratio"]), f(r["byte_hit_ratio"]), f(r["origin_per_client"]),
                                    d(r["dollars_saved_per_tb"]),
                                    f"{r['peak_cache_bytes_seen'] / max(1, r['capacity_bytes']):.0%}"
@@ -524,7 +524,7 @@ def _policies_plot(po: dict, out: Path, plt) -> list[str]:
             ys = [next((r["byte_hit_ratio"] for r in po["sim"] if (r["trace"], r["capacity"], r["policy"]) ==
                         (name, c, pol)), None) for c in caps]
             ax.plot([f"{c:.0%}" for c in caps], ys, marker="o", label=pol,
-                    lw=2.5 if pol == "lfu+tinylfu" else 1)
+                    lw=2.5 if pol == "adaptive+tinylfu" else 1)
         ax.set_title(f"{name}: byte hit ratio")
     axes[0].legend(fontsize=7)
     fig.tight_layout()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import stat as stat_mod
+from array import array
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 from evictor.report import Errors
 from s3cache import accesslog, atomic
@@ -51,12 +53,13 @@ def save_cursor(layout: Layout, cursor: Cursor) -> None:
 # -- one line ----------------------------------------------------------------------
 
 
-def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
-    """``((host, raw path), hit time in ns)`` for a cache hit; None for any other request.
+def parse_request(line: bytes) -> tuple[tuple[str, str], int, bool] | None:
+    """``((host, raw path), time in ns, hit?)`` for a GET or HEAD the cache answered (HIT) or missed (MISS).
 
     The host matters for virtual-hosted requests, where it names the bucket;
-    the raw path is in the form ``request_path.parse_uri`` expects.  Raises
-    ValueError when the line is not a Caddy access-log record.
+    the raw path is in the form ``request_path.parse_uri`` expects.  None for
+    any other request; raises ValueError when the line is not a Caddy
+    access-log record.
     """
     rec = accesslog.parse(line)
     if rec.ts <= 0:
@@ -64,15 +67,47 @@ def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
     if rec.method not in ("GET", "HEAD"):
         return None
     x_cache = rec.x_cache()
-    if x_cache is None or "HIT" not in x_cache:
+    if x_cache is None:
         return None
-    return (rec.host, rec.raw_path), int(rec.ts * 1e9)
+    hit = "HIT" in x_cache
+    if not hit and "MISS" not in x_cache:
+        return None
+    return (rec.host, rec.raw_path), int(rec.ts * 1e9), hit
+
+
+def parse_hit(line: bytes) -> tuple[tuple[str, str], int] | None:
+    """``((host, raw path), hit time in ns)`` for a cache hit; None for any other request."""
+    got = parse_request(line)
+    return got[:2] if got is not None and got[2] else None
+
+
+class Requests:
+    """Every hit and miss in order, compactly: 12 bytes a request, plus one entry per distinct URL."""
+
+    def __init__(self) -> None:
+        self.urls: list[tuple[str, str]] = []  # (host, raw path), each once
+        self._number: dict[tuple[str, str], int] = {}
+        self.index = array("I")  # request -> its URL in ``urls``
+        self.ns = array("q")
+
+    def add(self, where: tuple[str, str], ns: int) -> None:
+        i = self._number.get(where)
+        if i is None:
+            i = self._number[where] = len(self.urls)
+            self.urls.append(where)
+        self.index.append(i)
+        self.ns.append(ns)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 @dataclass
 class LogRead:
     hits: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> latest hit (ns)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (host, raw path) -> hits (for the sketch)
+    # Every hit and miss in order, when asked for (S3CACHE_EVICT_POLICY=adaptive): (host, raw path), ns.
+    requests: Requests | None = None
     lines: int = 0
     malformed: int = 0
     files: list[str] = field(default_factory=list)
@@ -80,25 +115,34 @@ class LogRead:
     now_ns: int = 0
 
     def feed(self, line: bytes) -> None:
-        if b'"HIT"' not in line:  # cheap filter: most lines are not hits, skip their JSON
+        # Cheap filter: most lines are neither, skip their JSON.
+        if b'"HIT"' not in line and (self.requests is None or b'"MISS"' not in line):
             return
         try:
-            hit = parse_hit(line)
+            got = parse_request(line)
         except ValueError:  # also UnicodeDecodeError
             self.malformed += 1
             return
-        if hit is None:
+        if got is None:
             return
-        path, ns = hit
+        path, ns, hit = got
         ns = min(ns, self.now_ns)  # a clock in the future must not pin an object forever
+        if self.requests is not None:
+            self.requests.add(path, ns)
+        if not hit:
+            return
         self.counts[path] = self.counts.get(path, 0) + 1
         if ns > self.hits.get(path, 0):
             self.hits[path] = ns
 
 
-def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Errors | None = None) -> LogRead:
-    """Every access-log line written since ``cursor`` (all there is when None), and the next cursor."""
-    read = LogRead(now_ns=int(now * 1e9))
+def read_new(layout: Layout, cursor: Cursor | None, *, now: float, errors: Errors | None = None,
+             requests: bool = False) -> LogRead:
+    """Every access-log line written since ``cursor`` (all there is when None), and the next cursor.
+
+    ``requests``: also keep every hit and miss in order (``LogRead.requests``).
+    """
+    read = LogRead(now_ns=int(now * 1e9), requests=Requests() if requests else None)
     progress = accesslog.read(layout.access_log, cursor, read.feed, now=now,
                               on_error=errors.add if errors is not None else None)
     read.lines, read.files, read.cursor = progress.lines, progress.files, progress.position
@@ -127,6 +171,15 @@ def resolve(layout: Layout, hits: dict[tuple[str, str], int],
             continue
         out[path] = combine(out[path], ns) if path in out else ns
     return out
+
+
+def resolve_requests(layout: Layout, requests: Requests,
+                     addressing: Addressing | None = None) -> Iterator[tuple[bytes, int]]:
+    """``LogRead.requests`` as (object file path, ns), in order; requests no object file answers are left out."""
+    paths = [next(iter(resolve(layout, {where: 0}, addressing)), None) for where in requests.urls]
+    for i, ns in zip(requests.index, requests.ns):
+        if paths[i] is not None:
+            yield paths[i], ns
 
 
 def refresh_atimes(paths: dict[bytes, int], errors: Errors | None = None) -> int:

@@ -8,6 +8,8 @@ last counts as never asked for: what a shifted working set left behind goes
 first, however popular it once was.  (Cutting at the last halving instead
 was measured with ``bench/policysim.py``: 2 points better on a shifting
 working set, 1.5 worse on Zipf, and redirect-mode costs up by a sixth.)
+``adaptive`` runs one of the two each pass, whichever ``evictor.adaptive``'s
+miniature simulations found better lately.
 
 Usage is the larger of the filesystem's used percent (as ``df`` shows it) and the cache's own
 bytes as a percent of ``S3CACHE_MAX_BYTES``.  Above HIGH, enough is freed to

@@ -58,6 +58,7 @@ class PassSummary:
     orphan_meta_removed: int = 0
     grants_removed: int = 0
     dirs_removed: int = 0
+    policy: str = ""              # the order (and, adaptive, the admission) this pass ran
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
 

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Callable
 
-from evictor import accesslog
+from evictor import accesslog, adaptive
 from evictor.housekeeping import (GRACE_SECONDS, OnRemove, prune_grant_dirs, remove_orphan_metas, sweep_grants,
                                   sweep_temp)
 from evictor.policy import bytes_to_free, frequency_keys, key_estimate, lru_order
@@ -41,6 +41,38 @@ def _open_sketch(layout: Layout, dry_run: bool, errors: Errors) -> FrequencySket
     except (OSError, ValueError) as exc:
         errors.add("opening run/frequency.sketch", exc)
         return None
+
+
+def _duel(layout: Layout, config: Config, log: accesslog.LogRead, sketch: FrequencySketch, fs: FsUsage,
+          result, objects_dir: bytes, dry_run: bool, errors: Errors) -> tuple[str, str]:
+    """S3CACHE_EVICT_POLICY=adaptive: replay this pass's requests into the shadow caches; which candidate runs."""
+    duel = adaptive.load(layout.adaptive_file)
+    sampled: dict[bytes, tuple[bytes, int | None] | None] = {}  # path -> (key, size) when in the sample
+    requests = []
+    for path, ns in accesslog.resolve_requests(layout, log.requests or accesslog.Requests(), config.addressing):
+        if path not in sampled:
+            key = file_key(objects_dir, path)
+            if not duel.in_sample(key):
+                sampled[path] = None
+                continue
+            try:  # the cached file's size now; unknown (None) for what is not cached
+                sampled[path] = key, os.stat(path).st_size
+            except OSError:
+                sampled[path] = key, None
+        got = sampled[path]
+        if got is not None:
+            requests.append((got[0], got[1], ns / 1e9))
+    # What the cache may hold at 100%: S3CACHE_MAX_BYTES, and the disk less what is not the cache's.
+    room = fs.capacity - max(0, fs.used - result.alloc_bytes) if fs.capacity > 0 else 0
+    capacity = min(room, config.max_bytes) if config.max_bytes else room
+    chosen = duel.replay(requests, max(1, capacity), sketch, high=config.evict_high / 100,
+                         low=config.evict_low / 100, mean_size=result.bytes // max(1, result.files))
+    if not dry_run:
+        try:
+            adaptive.save(layout.adaptive_file, duel)
+        except OSError as exc:
+            errors.add("writing run/adaptive.json", exc)
+    return chosen
 
 
 class PassBusy(Exception):
@@ -82,8 +114,10 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
     try:
         sketch = _open_sketch(layout, dry_run, errors)
         objects_dir = os.fsencode(layout.objects_dir)
+        adaptive_policy = config.evict_policy == "adaptive" and sketch is not None
         # 1. Recency first, so the scan sees this pass's hits.
-        log = accesslog.read_new(layout, accesslog.load_cursor(layout), now=started, errors=errors)
+        log = accesslog.read_new(layout, accesslog.load_cursor(layout), now=started, errors=errors,
+                                 requests=adaptive_policy)
         hit_paths = accesslog.resolve(layout, log.hits, config.addressing)
         summary.log_lines, summary.log_hits = log.lines, len(hit_paths)
         if not dry_run:
@@ -115,6 +149,10 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         if sketch is not None and not dry_run:
             # TinyLFU's sample: ten times the objects the cache holds.
             sketch.window = max(WINDOW_MIN, WINDOW_PER_OBJECT * result.files)
+        order_by, admit_by = (config.evict_policy if sketch is not None else "lru"), None
+        if adaptive_policy:
+            order_by, admit_by = _duel(layout, config, log, sketch, fs, result, objects_dir, dry_run, errors)
+        summary.policy = order_by if admit_by is None else f"{order_by}+{admit_by}"
 
         # 4. Removals, first in the policy's order, until the need is met.
         # Taken one at a time from that order, so a victim that vanished or
@@ -124,7 +162,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         keys = None
         boundary = 0  # the highest frequency removed: what a newcomer must beat (S3CACHE_ADMIT=tinylfu)
         if need is not None:
-            if sketch is not None and config.evict_policy == "lfu":
+            if order_by == "lfu":
                 keys = frequency_keys(table, sketch, objects_dir)
             for n, i in enumerate(lru_order(table, need, result.bytes, result.alloc_bytes, keys)):
                 if need.met_by(freed_size, freed_alloc):
@@ -147,6 +185,8 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         summary.evicted_bytes = freed_size
         if not dry_run and summary.evicted_files and sketch is not None:
             sketch.boundary = boundary
+        if not dry_run and admit_by == "first" and sketch is not None:
+            sketch.boundary = 0  # recency wins lately: tinylfu admits every miss (evictor.adaptive)
         if not dry_run:
             try:
                 ledger.set_after_pass(result.bytes, freed_size, added_before)

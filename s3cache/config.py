@@ -499,9 +499,11 @@ class Config:
         "80", _percent,
         "Evict until usage is below this percent.")
     evict_policy: str = setting(
-        "lfu", _choice("lfu", "lru"),
-        "Which objects an eviction pass removes first: lfu (least often asked for lately, by the "
-        "aging frequency sketch; least recently among equals) or lru (least recently used).")
+        "adaptive", _choice("adaptive", "lfu", "lru"),
+        "Which objects an eviction pass removes first: adaptive (lfu or lru, whichever miniature "
+        "simulations of both found better lately; under lru, tinylfu admits every miss), lfu (least "
+        "often asked for lately, by the aging frequency sketch; least recently among equals) or lru "
+        "(least recently used).")
     admit: str = setting(
         "tinylfu", _admit,
         "When a miss fills the cache: tinylfu (when the object is asked for more often than what "

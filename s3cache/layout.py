@@ -18,6 +18,7 @@ module hands it, the sidecar's fills, the evictor) goes through here.
       run/parts.json           the supervisor's parts (front-parts.json for a front tier)
       run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
       run/frequency.sketch     how often each object was asked for lately (s3cache.sketch)
+      run/adaptive.json        which eviction order wins lately: the shadow caches (evictor.adaptive)
       run/cache-bytes          the cache's bytes, kept by fills and passes (s3cache.ledger)
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
@@ -130,6 +131,7 @@ class Layout:
         self.evictor_status_file = self.run_dir / "evictor.json"
         self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"
         self.sketch_file = self.run_dir / "frequency.sketch"  # s3cache.sketch: requests per object, lately
+        self.adaptive_file = self.run_dir / "adaptive.json"  # evictor.adaptive: the policy duel's shadow caches
         self.cache_bytes_file = self.run_dir / "cache-bytes"  # s3cache.ledger: the cache's bytes, kept at fill time
 
     def ensure(self) -> None:

@@ -11,6 +11,8 @@ processes).  Then, by policy:
 - ``tinylfu``: the object is asked for more often than the objects the last
   eviction pass removed (the boundary the evictor writes into the sketch,
   halved as the counts age).  Until a pass has had to evict, every miss fills.
+  Under S3CACHE_EVICT_POLICY=adaptive the evictor publishes 0 while recency
+  wins (``evictor.adaptive``): then every miss fills.
 
 A declined miss is only redirected (in ``stream`` mode too: the client's one
 download from S3 costs the same either way).  The counters feed the status
