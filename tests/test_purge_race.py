@@ -65,7 +65,7 @@ def _check(layout: Layout, ref: ObjectRef, body: bytes, round_no: int) -> str:
         return "nothing"
     assert data == body, f"round {round_no}: a partial or old object"
     assert meta is not None and f'"size": {len(body)}' in meta, f"round {round_no}: an object without its metadata"
-    assert marks == [True, False], f"round {round_no}: the object's mark is missing"
+    assert marks == [k == "headers" for k in MARK_KINDS], f"round {round_no}: the object's mark is missing"
     return "object"
 
 
