@@ -16,13 +16,13 @@ from typing import Mapping
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of one live process (all its threads); 0 if it is gone."""
+def process_cpu(pid: int, missing: float | None = 0.0) -> float | None:
+    """User + system CPU seconds of one live process (all its threads); ``missing`` if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rpartition(b")")[2].split()
     except OSError:
-        return 0.0
+        return missing
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
 
 

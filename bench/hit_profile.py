@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench import cpu
 from bench.common import KiB, MiB, Context, median, ratio, rotated
 from bench.hit_path import BUCKET, _check_served, _warm_stack, key_for, presigned_looking_query
 from bench.pprof import attribute, parse, top_functions
@@ -53,32 +54,15 @@ def caddy_pid(server) -> int:
     """The pid of the Caddy serving ``server`` (a BenchStack's child of ``s3cache up``, or the bare one)."""
     if isinstance(server, CaddyFileServer):
         return server.proc.pid
-    home = str(server.workdir)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(Path(entry.path, "cwd"))
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"caddy") and b"run" in argv and cwd.startswith(home):
-            return int(entry.name)
-    raise RuntimeError(f"no Caddy process found for {home}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process so far (/proc/PID/stat), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu.stack_pids(server)["caddy"][0]  # what s3cache up recorded in run/parts.json
 
 
 def run_wrk_cpu(server, url: str, settings, size: int) -> dict:
     """run_wrk plus the CPU its Caddy spent per request: a figure other work on the machine moves far less."""
     pid = caddy_pid(server)
-    before = cpu_seconds(pid)
+    before = cpu.process_cpu(pid)
     r = run_wrk(url, settings, payload_bytes=size)
-    r["caddy_cpu_us_per_req"] = (cpu_seconds(pid) - before) / max(r["requests"], 1) * 1e6
+    r["caddy_cpu_us_per_req"] = (cpu.process_cpu(pid) - before) / max(r["requests"], 1) * 1e6
     return r
 
 

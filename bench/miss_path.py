@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -123,20 +122,9 @@ def redirects(ctx: Context, stack: BenchStack, no_fill: BenchStack, single: Benc
                                          for a, b in zip(side, runs["sidecar, one process (SIDECAR_WORKERS=1)"]))}
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _process_cpu(pid: int | None) -> float | None:
     """CPU seconds (user + system, every thread) of ``pid`` so far; None if unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None if pid is None else cpu.process_cpu(pid, missing=None)
 
 
 def _fill_pid(stack: BenchStack) -> int | None:
@@ -206,16 +194,16 @@ def fills(ctx: Context, stack: BenchStack, origin_url: str, size: int, rounds: i
         order = rotated(["null", "file", "file-nice", "fill", "fill-md5"], round_no)
         for what in order:
             if what == "null":
-                cpu0 = _children_cpu()
+                cpu0 = cpu.children_cpu()
                 runs["curl > /dev/null"].append(_curl(f"{origin_url}/bench-fill/curl-{round_no}.bin", "/dev/null", False))
-                cpu_secs["curl > /dev/null"].append(_children_cpu() - cpu0)
+                cpu_secs["curl > /dev/null"].append(cpu.children_cpu() - cpu0)
             elif what == "file":
                 # One transfer gives both "file" and "file + fsync": the fsync is timed on top.
-                cpu0 = _children_cpu()
+                cpu0 = cpu.children_cpu()
                 t0 = time.monotonic()
                 _curl(f"{origin_url}/bench-fill/curl-{round_no}.bin", str(scratch), False)
                 t1 = time.monotonic()
-                cpu1 = _children_cpu()
+                cpu1 = cpu.children_cpu()
                 fd = os.open(scratch, os.O_RDONLY)
                 os.fsync(fd)
                 os.close(fd)
@@ -225,10 +213,10 @@ def fills(ctx: Context, stack: BenchStack, origin_url: str, size: int, rounds: i
                 cpu_secs["curl > file"].append(cpu1 - cpu0)
                 scratch.unlink()
             elif what == "file-nice":
-                cpu0 = _children_cpu()
+                cpu0 = cpu.children_cpu()
                 runs[niced].append(_curl(f"{origin_url}/bench-fill/curl-{round_no}.bin", str(scratch), True,
                                          nice=FILL_NICENESS))
-                cpu_secs[niced].append(_children_cpu() - cpu0)
+                cpu_secs[niced].append(cpu.children_cpu() - cpu0)
                 scratch.unlink()
             else:
                 prefix = "/bench-fill/" if what == "fill" else "/bench-fill-md5/"
