@@ -174,12 +174,12 @@ def _fill(stack: BenchStack, prefix: str, key: str, timeout: float) -> dict:
         return line
     wait_until(logged, 10, what=f"the sidecar's 'filled' line for {key}")
     cpu_after = _process_cpu(pid)
-    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    used = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
     size = path.stat().st_size
     for p in (path, stack.layout.meta_path(ObjectRef(bucket, key))):
         p.unlink(missing_ok=True)  # room for the next round
     return {"seconds": float(line.group(3)), "wall_seconds": wall, "bytes": int(line.group(2)), "file_bytes": size,
-            "cpu_seconds": cpu}
+            "cpu_seconds": used}
 
 
 def fills(ctx: Context, stack: BenchStack, origin_url: str, size: int, rounds: int | None = None) -> dict:
@@ -312,9 +312,9 @@ def run_fills(ctx: Context, size: int, rounds: int) -> dict:
 def _print_fills(result: dict) -> None:
     print(f"fill of {result['bytes'] / MiB:.0f} MiB, median of {len(result['table'][0]['runs'])} rounds:")
     for row in result["table"]:
-        cpu = f"cpu {row['cpu_seconds']:6.2f}s" if row["cpu_seconds"] is not None else ""
+        cpu_text = f"cpu {row['cpu_seconds']:6.2f}s" if row["cpu_seconds"] is not None else ""
         runs = " ".join(f"{r:.2f}" for r in row["runs"])
-        print(f"  {row['kind']:<34} {row['seconds']:6.2f}s {row['mb_per_s']:7.0f} MB/s  {cpu:<12} rounds: {runs}")
+        print(f"  {row['kind']:<34} {row['seconds']:6.2f}s {row['mb_per_s']:7.0f} MB/s  {cpu_text:<12} rounds: {runs}")
     for label, key in (("fill", "ratio"), ("fill (MD5 ETag)", "ratio_md5")):
         print(f"  {label:<16} ÷ " + ", ".join(f"{base} {r:.2f}×" for base, r in result[key].items()))
     for kind, values in result["per_round_vs_fsync"].items():
