@@ -2,7 +2,12 @@
 
 A pass at start, then one every ``S3CACHE_EVICT_INTERVAL`` seconds (the
 ``schedule`` package; the next run is timed from the end of the previous one,
-so slow passes never pile up).  One line per pass on stdout.  SIGTERM/SIGINT
+so slow passes never pile up).  A fill the cap refused (``s3cache.ledger``)
+brings the next pass forward to the next tick (at most ``REFUSAL_GAP``
+seconds after the last pass ended): fills stop at the high watermark, and
+every one refused until a pass makes room is an object not cached, so the
+room is made at once rather than up to an interval later.  One line per
+pass on stdout.  SIGTERM/SIGINT
 stop it cleanly: a pass in progress ends at its next directory (every removal
 so far is complete, and the access-log cursor only ever lags, never skips).
 """
@@ -12,13 +17,21 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import schedule
 
 from evictor.run import PassAborted, PassBusy, run_pass
 from s3cache.config import Config, ConfigError
+from s3cache.layout import Layout
+from s3cache.ledger import CacheBytes
 from s3cache.redact import redact
+
+# Seconds between the end of a pass and a pass a refused fill brings forward: a floor, so a
+# cache refusing fills faster than a pass frees room is still walked at most this often.
+REFUSAL_GAP = 1.0
+TICK = 1.0  # seconds between looks at the schedule and at the ledger's refusals
 
 
 def main() -> int:
@@ -53,13 +66,20 @@ def main() -> int:
     print(f"evicting {config.dir} every {config.evict_interval:g}s above {config.evict_high:g}% "
           f"down to {config.evict_low:g}%"
           + (f", cap {config.max_bytes} bytes" if config.max_bytes else ""), flush=True)
+    ledger = CacheBytes(Layout(config.dir).cache_bytes_file)
     scheduler = schedule.Scheduler()
-    scheduler.every(config.evict_interval).seconds.do(one_pass)
+    job = scheduler.every(config.evict_interval).seconds.do(one_pass)
     scheduler.run_all()  # the first pass now, not one interval from now
+    last_end = time.monotonic()
     while not stop.is_set():
-        scheduler.run_pending()
+        if scheduler.idle_seconds is not None and scheduler.idle_seconds <= 0:
+            scheduler.run_pending()
+            last_end = time.monotonic()
+        elif config.max_bytes and time.monotonic() - last_end >= REFUSAL_GAP and ledger.read()[2]:
+            job.run()  # a refused fill waits for room: the pass now, the schedule timed from its end
+            last_end = time.monotonic()
         idle = scheduler.idle_seconds
-        stop.wait(min(max(idle if idle is not None else 1.0, 0.01), 1.0))
+        stop.wait(min(max(idle if idle is not None else TICK, 0.01), TICK))
     print("stopped", flush=True)
     return 0
 

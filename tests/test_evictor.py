@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from evictor.run import PassBusy, run_pass
 from evictor.scan import FileTable
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
+from s3cache.ledger import CacheBytes, fill_limit
 
 PROJECT = Path(__file__).resolve().parent.parent
 # The instant every pass in these tests runs at (``Cache.run`` injects it as the evictor's clock),
@@ -553,6 +555,42 @@ def test_the_process_passes_on_schedule_and_stops_cleanly_on_sigterm(tmp_path):
             proc.kill()
             proc.wait()
     assert json.loads((cache.layout.run_dir / "evictor.json").read_text())["scanned_files"] == 1
+
+
+def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
+    """A refused fill is an object not cached until room is made: the process makes it at once, not an hour later."""
+    cache = Cache(tmp_path / "cache")
+    for i in range(10):
+        cache.put(f"k{i}", atime_ns=ns_ago(10 - i))  # 10,000 bytes: 80% of the cap, below HIGH (90%)
+    env = _evictor_env(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
+                       S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80")
+    proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        first = ""
+        while not first.startswith("pass:"):
+            first = proc.stdout.readline()
+            assert first, "the evictor ended before its first pass"
+        assert "evicted=0 files" in first, first
+        ledger = CacheBytes(cache.layout.cache_bytes_file)
+        assert ledger.try_add(1000, fill_limit(12500, 90))  # 11,000 <= 11,250: room, no refusal
+        assert not ledger.try_add(2000, fill_limit(12500, 90))  # 13,000 > 11,250: refused
+        # The schedule's own next pass is an hour away; a refusal should bring one within a few ticks.
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no pass within 30 s of a refused fill"
+        second = proc.stdout.readline()
+        assert second.startswith("pass:") and "evicted=0 files" not in second, second
+        # Room below LOW (10,000) with the refused 2,000 in: the oldest objects went.
+        assert not cache.has("k0") and cache.has("k9")
+        assert ledger.read()[2] == 0  # the refusal is answered
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_full_disk_that_refuses_state_writes_still_gets_its_eviction(cache, monkeypatch):
