@@ -26,6 +26,7 @@ import requests
 
 from bench.cachesim import simulate_belady, simulate_lru, zipf_lognormal_workload
 from bench.common import Context
+from bench.policysim import shipped_watermarks
 from bench.servers import BenchStack, origin_nginx, wait_file_growth_settles
 
 PREFIX = "egress"
@@ -152,8 +153,10 @@ def run(ctx: Context) -> dict:
         origin.stop()
     executed = min(r["requests"] for r in real)
     trace = workload.trace[:executed]
+    high, low = shipped_watermarks()
     sims = [simulate_lru(trace, workload.sizes, capacity, policy="LRU (ideal)"),
-            simulate_lru(trace, workload.sizes, capacity, high=0.9, low=0.8, policy="LRU, watermarks 90/80%"),
+            simulate_lru(trace, workload.sizes, capacity, high=high, low=low,
+                         policy=f"LRU, watermarks {high:.0%}/{low:.0%}"),
             simulate_belady(trace, workload.sizes, capacity)]
     sim_rows = [{"policy": s.policy, "hit_ratio": s.hit_ratio, "byte_hit_ratio": s.byte_hit_ratio,
                  "origin_per_client": s.origin_per_client_byte,

@@ -2,7 +2,8 @@
 
 One request at a time; the cache may grow to ``high`` x capacity and is then
 cut to ``low`` x capacity in the eviction order (as the evictor does between
-its watermarks, here at once).  The frequency is ``s3cache.sketch`` itself,
+its watermarks, here at once; by default the watermarks s3cache ships,
+``shipped_watermarks``).  The frequency is ``s3cache.sketch`` itself,
 counting every request; the order is ``evictor.policy``'s:
 
 - eviction ``lru``: least recently used first;
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from evictor import adaptive
+from s3cache.config import Config
 from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch
 
 
@@ -66,13 +68,21 @@ class PolicyResult:
 PASS_EVERY = 200
 
 
+def shipped_watermarks() -> tuple[float, float]:
+    """S3CACHE_EVICT_HIGH and S3CACHE_EVICT_LOW as shipped (their defaults), as fractions."""
+    defaults = Config.from_env({})
+    return defaults.evict_high / 100, defaults.evict_low / 100
+
+
 def _key(obj: int) -> bytes:
     return b"o%d" % obj
 
 
 def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict: str = "lru",
-             admit: str = "first", high: float = 0.9, low: float = 0.8, window: int | None = None,
+             admit: str = "first", high: float | None = None, low: float | None = None, window: int | None = None,
              duel: adaptive.Duel | None = None, pass_every: int | None = PASS_EVERY) -> PolicyResult:
+    if high is None or low is None:
+        high, low = shipped_watermarks()
     # As the evictor sets it: ten times the objects the cache holds (TinyLFU's sample size).
     distinct = set(trace)
     mean = sum(sizes[o] for o in distinct) / len(distinct)

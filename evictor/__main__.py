@@ -2,11 +2,13 @@
 
 A pass at start, then one every ``S3CACHE_EVICT_INTERVAL`` seconds (the
 ``schedule`` package; the next run is timed from the end of the previous one,
-so slow passes never pile up).  A fill the cap refused (``s3cache.ledger``)
-brings the next pass forward to the next tick (at most ``REFUSAL_GAP``
-seconds after the last pass ended): fills stop at the high watermark, and
-every one refused until a pass makes room is an object not cached, so the
-room is made at once rather than up to an interval later.  One line per
+so slow passes never pile up).  A fill refused by the cap or by the disk's
+high watermark (recorded in ``s3cache.ledger``) brings the next pass forward to the next tick: fills stop at the high
+watermark, and every one refused until a pass makes room is an object not
+cached, so the room is made at once rather than up to an interval later.
+Such passes are at least ``REFUSAL_GAP`` seconds, and as long as the last
+one took, apart: refusals that room cannot end (an object larger than the
+band) keep the evictor busy at most half the time.  One line per
 pass on stdout.  SIGTERM/SIGINT
 stop it cleanly: a pass in progress ends at its next directory (every removal
 so far is complete, and the access-log cursor only ever lags, never skips).
@@ -28,8 +30,7 @@ from s3cache.layout import Layout
 from s3cache.ledger import CacheBytes
 from s3cache.redact import redact
 
-# Seconds between the end of a pass and a pass a refused fill brings forward: a floor, so a
-# cache refusing fills faster than a pass frees room is still walked at most this often.
+# Seconds at least between the end of a pass and a pass a refused fill brings forward.
 REFUSAL_GAP = 1.0
 TICK = 1.0  # seconds between looks at the schedule and at the ledger's refusals
 
@@ -67,17 +68,21 @@ def main() -> int:
           f"down to {config.evict_low:g}%"
           + (f", cap {config.max_bytes} bytes" if config.max_bytes else ""), flush=True)
     ledger = CacheBytes(Layout(config.dir).cache_bytes_file)
+    last = {"end": 0.0, "took": 0.0}  # monotonic end and duration of the last pass, however it was started
+
+    def timed_pass() -> None:
+        started = time.monotonic()
+        one_pass()
+        last["end"] = time.monotonic()
+        last["took"] = last["end"] - started
+
     scheduler = schedule.Scheduler()
-    job = scheduler.every(config.evict_interval).seconds.do(one_pass)
+    job = scheduler.every(config.evict_interval).seconds.do(timed_pass)
     scheduler.run_all()  # the first pass now, not one interval from now
-    last_end = time.monotonic()
     while not stop.is_set():
-        if scheduler.idle_seconds is not None and scheduler.idle_seconds <= 0:
-            scheduler.run_pending()
-            last_end = time.monotonic()
-        elif config.max_bytes and time.monotonic() - last_end >= REFUSAL_GAP and ledger.read()[2]:
+        scheduler.run_pending()
+        if time.monotonic() - last["end"] >= max(REFUSAL_GAP, last["took"]) and ledger.read()[2]:
             job.run()  # a refused fill waits for room: the pass now, the schedule timed from its end
-            last_end = time.monotonic()
         idle = scheduler.idle_seconds
         stop.wait(min(max(idle if idle is not None else TICK, 0.01), TICK))
     print("stopped", flush=True)

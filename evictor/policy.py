@@ -51,13 +51,14 @@ def bytes_to_free(fs: FsUsage, cache_bytes: int, *, high: float, low: float,
                   max_bytes: int | None, refused: int = 0) -> Need | None:
     """None when usage is not above HIGH and no fill was refused; otherwise what brings both measures below LOW.
 
-    ``refused`` is the largest fill the cap refused since the last pass (``s3cache.ledger``): fills
-    stop at HIGH, so usage would never cross it by itself; room is made below LOW with that fill in.
+    ``refused`` is the largest fill refused since the last pass (``s3cache.ledger``), by the cap or by
+    the disk's own HIGH: fills stop at HIGH, so usage would never cross it by itself; room is made
+    below LOW on both measures with that fill in.
     """
-    if usage_percent(fs, cache_bytes, max_bytes) <= high and not (refused and max_bytes):
+    if usage_percent(fs, cache_bytes, max_bytes) <= high and not refused:
         return None
-    alloc = max(0, fs.used - _below(low, fs.capacity)) if fs.capacity > 0 else 0
-    size = max(0, cache_bytes + (refused if max_bytes else 0) - _below(low, max_bytes)) if max_bytes else 0
+    alloc = max(0, fs.used + refused - _below(low, fs.capacity)) if fs.capacity > 0 else 0
+    size = max(0, cache_bytes + refused - _below(low, max_bytes)) if max_bytes else 0
     return Need(size=size, alloc=alloc)
 
 

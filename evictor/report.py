@@ -51,6 +51,7 @@ class PassSummary:
     low: float = 0.0
     max_bytes: int | None = None
     target_reached: bool = True   # False: even the whole cache could not bring usage below LOW
+    refused_bytes: int = 0        # the largest fill refused since the last pass: room was made for it too
     log_lines: int = 0            # access-log lines read this pass
     log_hits: int = 0             # distinct objects those lines hit
     atimes_refreshed: int = 0     # of which the atime was moved forward
@@ -77,6 +78,8 @@ class PassSummary:
             f"log_hits={self.log_hits} refreshed={self.atimes_refreshed}",
             f"temp_removed={self.temp_removed} orphan_meta_removed={self.orphan_meta_removed}",
         ]
+        if self.refused_bytes:
+            parts.append(f"refused_fill={self.refused_bytes} bytes")
         if not self.target_reached:
             parts.append("target=unreachable (the disk is full of more than the cache)")
         if self.errors:

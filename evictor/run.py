@@ -126,6 +126,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                 for path, n in accesslog.resolve(layout, log.counts, config.addressing, combine=operator.add).items():
                     sketch.add(file_key(objects_dir, path), n)
         _, added_before, refused = ledger.read() if not dry_run else (None, 0, 0)
+        summary.refused_bytes = refused
 
         # 2. The walk.  A dry run overlays the hits it did not write.
         result = scan(layout, now=started, grace=grace, should_stop=should_stop,

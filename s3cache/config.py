@@ -493,10 +493,11 @@ class Config:
         "on", _on_off,
         "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES).")
     evict_high: float = setting(
-        "90", _percent,
-        "Start evicting when usage exceeds this percent.")
+        "95", _percent,
+        "Start evicting when usage exceeds this percent; a fill that would cross it is not cached and "
+        "brings the next pass forward.")
     evict_low: float = setting(
-        "80", _percent,
+        "92", _percent,
         "Evict until usage is below this percent.")
     evict_policy: str = setting(
         "adaptive", _choice("adaptive", "lfu", "lru"),

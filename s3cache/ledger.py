@@ -9,7 +9,9 @@ overshoot together.
 
 A refused fill must not wait for usage to cross HIGH by itself (refusals
 keep it below HIGH for ever): the largest refused size since the last pass
-is kept too, and the next pass frees room for it (``evictor.policy``).
+is kept too, and the next pass frees room for it (``evictor.policy``),
+brought forward by the refusal (``evictor.__main__``).  A fill the disk's
+own high watermark refused (``sidecar.fill``) is recorded the same way.
 
 Every pass sets the bytes anew: its scan, minus its removals, plus what
 fills added while it walked (a running total of added bytes tells).  A fill
@@ -106,6 +108,12 @@ class CacheBytes:
                 return False
             self._write(fd, value, added, max(refused, size))
             return True
+
+    def refuse(self, size: int) -> None:
+        """Record a fill of ``size`` refused for another reason (the disk's own high watermark): the next pass makes room."""
+        with self._locked() as fd:
+            value, added, refused = self._read(fd)
+            self._write(fd, value, added, max(refused, size))
 
     def set_after_pass(self, scanned: int, freed: int, added_before: int) -> int:
         """The pass's word: its scan, minus its removals, plus what fills added since it read ``added_before``."""

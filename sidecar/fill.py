@@ -56,6 +56,7 @@ from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
 from s3cache.ledger import CacheBytes, OverCap, fill_limit
 from s3cache.redact import redact
+from s3cache.usage import UsageFn, statvfs_usage
 from sidecar import cors, hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
 
@@ -141,11 +142,16 @@ class Filler:
     """A bounded pool of fill workers, one fill per object at a time."""
 
     def __init__(self, layout: Layout, *, workers: int, timeout: float, max_object_bytes: int | None,
-                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE, cap: int | None = None):
+                 upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE, cap: int | None = None,
+                 disk_high: float | None = None, disk_usage: UsageFn | None = None):
         self.layout = layout
         # The most the cache may hold after a fill (S3CACHE_EVICT_HIGH % of S3CACHE_MAX_BYTES), kept
         # in run/cache-bytes between passes: a fill that would cross it is not cached.
         self.cap = cap
+        # The disk's own high watermark (S3CACHE_EVICT_HIGH %): a fill that would take the filesystem
+        # above it is not cached either, so between passes the disk fills no further than the cap would.
+        self.disk_high = disk_high
+        self.disk_usage = disk_usage or statvfs_usage(layout.root)
         self.ledger = CacheBytes(layout.cache_bytes_file)
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
@@ -167,7 +173,8 @@ class Filler:
     def from_config(cls, config: "Config", layout: Layout, upstream: Upstream | None = None) -> "Filler":
         return cls(layout, workers=config.fill_workers, timeout=config.fill_timeout,
                    max_object_bytes=config.max_object_bytes, upstream=upstream,
-                   min_rate=config.fill_min_rate, cap=fill_limit(config.max_bytes, config.evict_high))
+                   min_rate=config.fill_min_rate, cap=fill_limit(config.max_bytes, config.evict_high),
+                   disk_high=config.evict_high)
 
     def running(self, delta: int) -> None:
         """Fills a request worker runs itself (refreshes) count here too (``sidecar.backchannel``)."""
@@ -325,7 +332,7 @@ class Filler:
             _unlink_quietly(tmp)
         reason = _failure_reason(exc)
         # The cap refusing a fill is the cache working as configured (until the next pass makes room), not trouble.
-        (log.info if reason == "over-cap" else log.warning)("not caching %s: %s", ref.name, _describe(reason, exc))
+        (log.info if reason in ("over-cap", "over-disk") else log.warning)("not caching %s: %s", ref.name, _describe(reason, exc))
         disk = None
         if reason in DISK_REASONS:
             disk = DiskFailure(reason, _describe(reason, exc), getattr(exc, "needed", 0), time.time())
@@ -375,6 +382,7 @@ class Filler:
                     plan = self._check(resp)
                 except FillFailed as exc:
                     log.info("streaming %s uncached: %s", ref.name, exc)
+                    self._record(FillResult("failed", exc.reason))  # counted as a redirect's fill would be
                     plan = None
                 body = _StreamBody(self, ref, resp, fd, tmp, final,
                                    hit_headers.object_headers(headers, url.partition("?")[2]), plan)
@@ -412,6 +420,26 @@ class Filler:
         return self.upstream.request("GET", url, headers=headers, connect_timeout=self.timeout,
                                      read_timeout=self.timeout)
 
+    def _disk_would_cross(self, size: int) -> bool:
+        """Whether ``size`` more bytes would take the filesystem above ``disk_high`` (recorded as a refusal if so).
+
+        Asked once per fill, before its body is fetched: fills running together may overshoot by what
+        they hold between them, as other writers to the disk may; the next pass takes it back.
+        """
+        if self.disk_high is None:
+            return False
+        try:
+            fs = self.disk_usage()
+        except OSError:
+            return False  # the write itself will say what is wrong with the disk
+        if fs.capacity <= 0 or 100.0 * (fs.used + size) / fs.capacity <= self.disk_high:
+            return False
+        try:
+            self.ledger.refuse(size)
+        except OSError:
+            pass  # a full disk may refuse the ledger too; the next scheduled pass still comes
+        return True
+
     def _check(self, resp: urllib3.BaseHTTPResponse) -> tuple[int, str | None]:
         """(expected length, expected MD5 or None) of a response we may cache; FillFailed if not."""
         if resp.status != 200:
@@ -427,6 +455,9 @@ class Filler:
             # Before the body is read: a fill the cap would refuse at commit is not worth its egress.
             if self.ledger.would_refuse(expected, self.cap):
                 raise FillFailed("over-cap", f"{expected} more bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
+        if self._disk_would_cross(expected):
+            raise FillFailed("over-disk", f"{expected} more bytes would take the disk above "
+                                          f"S3CACHE_EVICT_HIGH ({self.disk_high:g}%)")
         if "x-amz-server-side-encryption-customer-algorithm" in headers:
             raise FillFailed("sse-c", "customer-key encrypted objects are not cached")
         # SSE-KMS ETags are not the MD5 of the body.

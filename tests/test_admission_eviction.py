@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import threading
 
 import pytest
@@ -17,9 +18,11 @@ import pytest
 from s3cache.ledger import CacheBytes, fill_limit
 from s3cache.layout import ObjectRef
 from s3cache.sketch import MAX_COUNT, FrequencySketch, file_key
+from s3cache.usage import FsUsage
 from sidecar.admission import Admission
+from sidecar.fill import Filler
 from tests.stack import wait_until
-from tests.test_evictor import NOW, Cache, caddy_line, ns_ago
+from tests.test_evictor import NOW, Cache, FakeDisk, caddy_line, ns_ago
 
 
 @pytest.fixture
@@ -179,6 +182,53 @@ def test_a_refused_fill_makes_the_next_pass_free_room_below_high(cache):
     assert [cache.has(k) for k in "abc"] == [False, False, True]
     assert ledger.read()[0] == 1000 and ledger.read()[2] == 0
     assert ledger.try_add(1000, fill_limit(3500, 90))
+
+
+class _CountingUpstream:
+    """A stub S3 that counts the fills that asked it for a body."""
+
+    def __init__(self, body: bytes):
+        from tests.test_purge_race import _Upstream
+        self.inner, self.asked = _Upstream(body, random.Random(7)), 0
+
+    def request(self, method, url, **kw):
+        self.asked += 1
+        return self.inner.request(method, url, **kw)
+
+
+@pytest.mark.parametrize("used_percent, cached", [(93.0, True), (94.99, False), (99.0, False)],
+                         ids=["fills-the-disk-to-exactly-high", "below-high-but-the-fill-crosses-it", "already-above-high"])
+def test_a_fill_that_would_take_the_disk_above_high_is_refused_and_recorded(cache, used_percent, cached):
+    # No S3CACHE_MAX_BYTES: the disk's own percent is the only measure, held at fill time as the cap is.
+    capacity = 10**9
+    body = b"b" * (capacity // 50)  # 2% of the disk
+    disk = FsUsage(used=int(capacity * used_percent / 100), avail=capacity - int(capacity * used_percent / 100))
+    upstream = _CountingUpstream(body)
+    filler = Filler(cache.layout, workers=1, timeout=10, max_object_bytes=None, upstream=upstream,
+                    disk_high=95, disk_usage=lambda: disk)
+    ref = ObjectRef("bkt", "disk-bound")
+    result = filler.fill(ref, "http://upstream.invalid/bkt/disk-bound")
+    refused = CacheBytes(cache.layout.cache_bytes_file).read()[2]
+    if cached:
+        assert result.outcome == "filled" and cache.layout.object_path(ref).read_bytes() == body
+        assert refused == 0
+    else:
+        assert (result.outcome, result.reason) == ("failed", "over-disk")
+        assert not cache.layout.object_path(ref).exists() and not list(cache.layout.tmp_dir.iterdir())
+        assert refused == len(body)  # the evictor's next pass makes room for it below LOW
+    assert upstream.asked == 1  # one request; a refused fill reads no body past the response's head
+
+
+def test_a_fill_the_disk_refused_makes_the_next_pass_free_room_below_low(cache):
+    for i, k in enumerate("abcd"):
+        cache.put(k, size=4096, atime_ns=ns_ago(5 - i))  # one block each: 16 KiB of a 20 KiB disk, 80% < HIGH
+    disk = FakeDisk(cache.layout, total=5 * 4096, other=0)
+    cache.run(usage=disk)
+    assert all(cache.has(k) for k in "abcd")
+    CacheBytes(cache.layout.cache_bytes_file).refuse(4096)  # what the sidecar records (above)
+    cache.run(usage=disk)  # room below LOW (80%: 16 KiB) with the refused block in: two files go
+    assert [cache.has(k) for k in "abcd"] == [False, False, True, True]
+    assert CacheBytes(cache.layout.cache_bytes_file).read()[2] == 0
 
 
 def _burst_worker(path: str, n: int, out) -> None:

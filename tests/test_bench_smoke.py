@@ -72,7 +72,8 @@ def test_policysim_lru_first_is_the_reference_lru_and_traces_are_seeded():
     w = traces.make("scan", 60, 900)
     assert w.trace == traces.make("scan", 60, 900).trace  # fixed seed: the same trace every run
     for capacity in (w.working_set_bytes // 10, w.working_set_bytes // 3):
-        ref = simulate_lru(w.trace, w.sizes, capacity, high=0.9, low=0.8)
+        high, low = policysim.shipped_watermarks()  # policysim's default: the evictor as shipped
+        ref = simulate_lru(w.trace, w.sizes, capacity, high=high, low=low)
         ours = policysim.simulate(w.trace, w.sizes, capacity, evict="lru", admit="first")
         assert (ours.hits, ours.miss_bytes) == (ref.hits, ref.origin_bytes)
         # redirect mode pays each filled miss twice; stream once

@@ -52,14 +52,14 @@ def test_cache_filled_past_high_is_pruned_below_low_and_hot_objects_survive(smal
         wait_until(lambda n=n: stack.fills_finished() >= n, what=f"{key}'s fill to end")
         read_hot()
         time.sleep(0.05)
-    # The evictor must have acted: usage went past HIGH during the fill ...
+    # The evictor must have acted: a fill would have taken usage past HIGH (refused, it brings a pass) ...
     wait_until(lambda: _evicted_files(stack) > 0, timeout=15, what="an eviction pass that evicts")
     read_hot()
-    # ... and a pass that finds usage above HIGH brings it below LOW.
+    # ... and a pass that finds usage above HIGH, or a fill refused, brings it below LOW.
     passes = _passes(stack)
     evicting = [p for p in passes if p["evicted_files"] > 0]
     assert evicting, passes
-    assert all(p["usage_percent_before"] > 70 for p in evicting)
+    assert all(p["usage_percent_before"] > 70 or p["refused_bytes"] > 0 for p in evicting), evicting
     assert all(p["usage_percent_after"] < 40 for p in evicting), evicting
     # The hot object survived; objects fetched later but never read again went.
     assert stack.object_file(BUCKET, hot).exists()

@@ -271,7 +271,8 @@ class FakeFiller:
 
 @pytest.fixture
 def snapshot(tmp_path, layout):
-    config = Config.from_env({"S3CACHE_DIR": str(layout.root), "S3CACHE_MAX_BYTES": "1000000"})
+    config = Config.from_env({"S3CACHE_DIR": str(layout.root), "S3CACHE_MAX_BYTES": "1000000",
+                              "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "80"})
     (layout.logs_dir / "access.log").write_bytes(b"")
     c = Collector(config, layout, FakeFiller())
     now = time.time()
