@@ -50,3 +50,35 @@ def test_cpu_of_this_process_grows_with_work():
     assert cpu.process_cpu(os.getpid()) > before
     assert cpu.process_cpu(2 ** 22 + 12345) == 0.0  # no such process
     assert cpu.ms_per_request({"a": 1.0}, {"a": 1.5}, 250) == {"a": 2.0}
+
+
+def _real_row(trace: str, cap: float, policy: str, mode: str, bhr: float, opc: float) -> dict:
+    return {"trace": trace, "capacity": cap, "policy": policy, "mode": mode, "byte_hit_ratio": bhr,
+            "origin_per_client": opc, "capacity_bytes": 1000, "requests": 500}
+
+
+def _issue16_verdicts(good: bool) -> tuple[list[dict], dict[str, str]]:
+    from bench import policies
+    d, lru = policies.DEFAULT, policies.BASELINE
+    rows = [_real_row("zipf-0.9", 0.10, d, "redirect", 0.55 if good else 0.52, 0.52 if good else 1.02),
+            _real_row("zipf-0.9", 0.10, d, "stream", 0.55 if good else 0.53, 0.45),
+            _real_row("zipf-0.9", 0.10, lru, "redirect", 0.49, 1.01),
+            _real_row("shifting", 0.30, d, "redirect", 0.81 if good else 0.79, 0.36),
+            _real_row("shifting", 0.30, lru, "redirect", 0.81, 0.37)]
+    asked = []
+
+    def best(trace, capacity_bytes, executed):
+        asked.append((trace, capacity_bytes, executed))
+        return "libcachesim Sieve", 0.545
+    checked = policies.real_targets(rows, best)
+    assert asked == [("zipf-0.9", 1000, 500)]  # the stream row's capacity and the requests it got through
+    return checked, _verdicts({"policies": {"real_targets": checked}})
+
+
+def test_issue16_real_stack_targets_are_judged_both_ways():
+    checked, verdicts = _issue16_verdicts(good=True)
+    assert [t["met"] for t in checked] == [True, True, True, True], checked
+    assert set(verdicts.values()) == {"**met**"}, verdicts
+    checked, verdicts = _issue16_verdicts(good=False)
+    assert [t["met"] for t in checked] == [False, False, False, False], checked
+    assert set(verdicts.values()) == {"**not met**"}, verdicts
