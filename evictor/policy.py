@@ -48,13 +48,20 @@ class Need:
 
 
 def bytes_to_free(fs: FsUsage, cache_bytes: int, *, high: float, low: float,
-                  max_bytes: int | None, refused: int = 0) -> Need | None:
+                  max_bytes: int | None, refused: int = 0, cache_alloc: int | None = None) -> Need | None:
     """None when usage is not above HIGH and no fill was refused; otherwise what brings both measures below LOW.
 
     ``refused`` is the largest fill refused since the last pass (``s3cache.ledger``), by the cap or by
     the disk's own HIGH: fills stop at HIGH, so usage would never cross it by itself; room is made
-    below LOW on both measures with that fill in.
+    below LOW on both measures with that fill in.  Unless it would not fit below LOW even with the
+    cache emptied (``cache_alloc``: the cache's share of the disk's used bytes; None: all of them):
+    emptying the cache would not cache that object, only lose the rest.
     """
+    if refused:
+        others = max(0, fs.used - cache_alloc) if cache_alloc is not None else 0
+        if (max_bytes and refused > _below(low, max_bytes)) or \
+                (fs.capacity > 0 and others + refused > _below(low, fs.capacity)):
+            refused = 0
     if usage_percent(fs, cache_bytes, max_bytes) <= high and not refused:
         return None
     alloc = max(0, fs.used + refused - _below(low, fs.capacity)) if fs.capacity > 0 else 0

@@ -145,7 +145,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         fs = usage()
         summary.usage_percent_before = usage_percent(fs, result.bytes, config.max_bytes)
         need = bytes_to_free(fs, result.bytes, high=config.evict_high, low=config.evict_low,
-                             max_bytes=config.max_bytes, refused=refused)
+                             max_bytes=config.max_bytes, refused=refused, cache_alloc=result.alloc_bytes)
 
         if sketch is not None and not dry_run:
             # TinyLFU's sample: ten times the objects the cache holds.

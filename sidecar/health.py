@@ -80,6 +80,11 @@ def health_report(config: Config, layout: Layout, filler: Filler) -> tuple[bool,
         stale = age > 3 * config.evict_interval + 60
         parts.setdefault("evictor", {}).update(
             {"last_pass_age_seconds": round(age, 1), "status": "stale" if stale else "ok"})
+    if evictor is not None and not evictor.get("target_reached", True):
+        # Fills above HIGH are refused, not failed: without this, a disk filled by other data would leave
+        # a node that caches nothing reporting ok.
+        reasons.append("cache disk above S3CACHE_EVICT_LOW even after the last pass emptied what it could: "
+                       "other data fills it, and nothing new is cached")
     ok = not reasons
     report = {"status": "ok" if ok else "degraded", "cache": {"dir": str(layout.root), "writable": writable, "disk": disk},
               "parts": parts}

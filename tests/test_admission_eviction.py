@@ -231,6 +231,28 @@ def test_a_fill_the_disk_refused_makes_the_next_pass_free_room_below_low(cache):
     assert CacheBytes(cache.layout.cache_bytes_file).read()[2] == 0
 
 
+class _IdleFiller:
+    def state(self):
+        return 0, None
+
+
+def test_a_disk_other_data_keeps_above_low_makes_health_degraded(cache):
+    # Fills are refused (over-disk), not failed, on such a disk: health must say so all the same.
+    from s3cache.config import Config
+    from sidecar.health import health_report
+    for i, k in enumerate("ab"):
+        cache.put(k, size=4096, atime_ns=ns_ago(5 - i))
+    config = cache.config()
+    cache.run(usage=FakeDisk(cache.layout, total=100 * 4096, other=10 * 4096))
+    assert health_report(config, cache.layout, _IdleFiller())[0]
+    summary = cache.run(usage=FakeDisk(cache.layout, total=100 * 4096, other=95 * 4096))
+    assert not summary.target_reached and not cache.has("a") and not cache.has("b")  # the cache yielded it all
+    ok, report = health_report(config, cache.layout, _IdleFiller())
+    assert not ok and any("other data fills it" in r for r in report["reasons"]), report
+    cache.run(usage=FakeDisk(cache.layout, total=100 * 4096, other=10 * 4096))  # the other data went
+    assert health_report(config, cache.layout, _IdleFiller())[0]
+
+
 def _burst_worker(path: str, n: int, out) -> None:
     ledger = CacheBytes(path)
     out.put(sum(ledger.try_add(100, 1000) for _ in range(n)))

@@ -232,6 +232,21 @@ def test_bytes_to_free_is_none_at_or_below_high():
     assert bytes_to_free(FsUsage(used=901, avail=99), 0, high=90, low=80, max_bytes=None) == Need(size=0, alloc=102)
 
 
+def test_a_refused_fill_is_made_room_for_below_low_unless_even_an_empty_cache_could_not_take_it():
+    disk = FsUsage(used=500, avail=500)  # 50%: nothing to do by itself
+    assert bytes_to_free(disk, 500, high=90, low=80, max_bytes=None) is None
+    # Room below LOW (at most 799 used) with a refused 400 in: 101 to free.
+    assert bytes_to_free(disk, 500, high=90, low=80, max_bytes=None, refused=400) == Need(size=0, alloc=101)
+    # The cap too: 500 of a 1000-byte cap; below 80% with 400 more is 101 to free on both measures.
+    assert bytes_to_free(disk, 500, high=90, low=80, max_bytes=1000, refused=400) == Need(size=101, alloc=101)
+    # 800 does not fit below 80% of the cap however empty the cache: nothing is evicted for it.
+    assert bytes_to_free(disk, 500, high=90, low=80, max_bytes=1000, refused=800) is None
+    # Nor of the disk, when other data holds 450 of it (the cache 50): 450 + 400 > 799.
+    assert bytes_to_free(disk, 50, high=90, low=80, max_bytes=None, refused=400, cache_alloc=50) is None
+    assert bytes_to_free(disk, 50, high=90, low=80, max_bytes=None, refused=300, cache_alloc=50) == \
+        Need(size=0, alloc=1)
+
+
 def _brute_force(atimes, sizes, allocs, need):
     order = sorted(range(len(atimes)), key=lambda i: (atimes[i], i))
     fs = fa = 0
