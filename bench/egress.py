@@ -5,8 +5,8 @@ is replayed by one client, in order, through the real stack: a hit is read from
 the proxy; a miss (307) is followed to the origin, as curl -L or a browser
 would.  The cache is capped at 10% of the working set's bytes
 (S3CACHE_MAX_BYTES, evictor every S3CACHE_EVICT_INTERVAL=0.25 s between the
-default 90%/80% watermarks; misses are paced so one interval's fills stay a
-fraction of the cap, see ``run_mode``).  The origin is a local nginx whose access log
+shipped watermarks, ``policysim.shipped_watermarks``; misses are paced so one
+interval's fills stay a fraction of the cap, see ``run_mode``).  The origin is a local nginx whose access log
 counts every body byte it sends, split by User-Agent into the clients' own
 downloads (after a redirect) and the sidecar's fills.
 
@@ -102,6 +102,9 @@ def run_mode(ctx: Context, origin, workload, capacity: int, mode: str, time_budg
     policy at (about) the cap, misses are paced so that one interval's fills
     stay within ``overshoot`` x the cap; the passes' ``bytes_before`` show how well that held.
     """
+    # The watermarks as shipped (the test stack's own are 100/99%, for deterministic tests): what users run.
+    high, low = shipped_watermarks()
+    env = {"S3CACHE_EVICT_HIGH": f"{high * 100:g}", "S3CACHE_EVICT_LOW": f"{low * 100:g}", **env}
     stack = BenchStack(ctx.dir(f"egress/{label or mode}"), origin.url, S3CACHE_ACCESS="open", S3CACHE_MISS=mode,
                        S3CACHE_MAX_BYTES=str(capacity), S3CACHE_EVICT_INTERVAL=str(EVICT_INTERVAL), **env).start()
     try:
