@@ -608,6 +608,45 @@ def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
                 proc.wait()
 
 
+def test_refusals_no_pass_can_answer_wait_for_the_schedule(tmp_path):
+    """A refused fill that could not fit below LOW in an emptied cache gets one pass, not one a second for ever."""
+    cache = Cache(tmp_path / "cache")
+    cache.put("k0", atime_ns=ns_ago(1))
+    env = _evictor_env(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
+                       S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80")
+    proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+    def next_pass(within: float) -> str | None:
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([proc.stdout], [], [], left)[0]:
+                return None
+            line = proc.stdout.readline()
+            assert line, "the evictor ended"
+            if line.startswith("pass:"):
+                return line
+        return None
+
+    try:
+        assert next_pass(30) is not None  # the pass at start
+        ledger = CacheBytes(cache.layout.cache_bytes_file)
+        assert not ledger.try_add(11_000, fill_limit(12500, 90))  # more than LOW (10,000) of the whole cap
+        answered = next_pass(30)
+        assert answered is not None and "evicted=0 files" in answered, answered  # tried once, nothing to gain
+        assert cache.has("k0")
+        assert not ledger.try_add(11_000, fill_limit(12500, 90))  # asked again, refused again
+        assert next_pass(5) is None  # several ticks and gaps: no pass walks the cache for it again
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_a_full_disk_that_refuses_state_writes_still_gets_its_eviction(cache, monkeypatch):
     for i in range(5):
         cache.put(f"k{i}", atime_ns=ns_ago(5 - i))
