@@ -27,7 +27,7 @@ import schedule
 from evictor.run import PassAborted, PassBusy, run_pass
 from s3cache.config import Config, ConfigError
 from s3cache.layout import Layout
-from s3cache.ledger import CacheBytes
+from s3cache.ledger import CacheSize
 from s3cache.redact import redact
 
 # Seconds at least between the end of a pass and a pass a refused fill brings forward.
@@ -67,7 +67,7 @@ def main() -> int:
     print(f"evicting {config.dir} every {config.evict_interval:g}s above {config.evict_high:g}% "
           f"down to {config.evict_low:g}%"
           + (f", cap {config.max_bytes} bytes" if config.max_bytes else ""), flush=True)
-    ledger = CacheBytes(Layout(config.dir).cache_bytes_file)
+    ledger = CacheSize(Layout(config.dir).cache_bytes_file)
     last = {"end": 0.0, "took": 0.0}  # monotonic end and duration of the last pass, however it was started
 
     def timed_pass() -> None:
@@ -81,7 +81,7 @@ def main() -> int:
     scheduler.run_all()  # the first pass now, not one interval from now
     while not stop.is_set():
         scheduler.run_pending()
-        if time.monotonic() - last["end"] >= max(REFUSAL_GAP, last["took"]) and ledger.read()[2]:
+        if time.monotonic() - last["end"] >= max(REFUSAL_GAP, last["took"]) and ledger.read().refused:
             job.run()  # a refused fill waits for room: the pass now, the schedule timed from its end
         idle = scheduler.idle_seconds
         stop.wait(min(max(idle if idle is not None else TICK, 0.01), TICK))

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from s3cache import grants, metadata, objectlock, sizelog
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
+from s3cache.ledger import CacheSize
 
 # How long a purge waits for a running fill of the same object by default.
 DEFAULT_WAIT = 30.0
@@ -79,7 +80,8 @@ def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "pur
     """Remove ``ref``'s entry under its lock, waiting up to ``wait`` seconds for a running fill.
 
     The change goes to the size journal (``s3cache.sizelog``), so the
-    sidecar's live size learns of it whichever process removed it.
+    sidecar's live size learns of it whichever process removed it; the object is unlinked and
+    subtracted from the cache's size (``s3cache.ledger``) under the ledger's lock.
     """
     try:
         obj, meta = layout.object_path(ref), layout.meta_path(ref)
@@ -103,7 +105,8 @@ def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "pur
         except OSError as exc:
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         try:
-            removed = remove_files(obj, meta, marks, grant_dir=grant_dir)
+            removed = CacheSize(layout.cache_bytes_file).removing(
+                size, lambda: remove_files(obj, meta, marks, grant_dir=grant_dir))
         except OSError as exc:
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         if not removed:

@@ -54,7 +54,7 @@ from s3cache import entries, grants, metadata, objectlock, sizelog
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
-from s3cache.ledger import CacheBytes, OverCap, fill_limit
+from s3cache.ledger import CacheSize, OverCap, fill_limit
 from s3cache.redact import redact
 from s3cache.usage import UsageFn, statvfs_usage
 from sidecar import cors, hit_headers
@@ -152,7 +152,7 @@ class Filler:
         # above it is not cached either, so between passes the disk fills no further than the cap would.
         self.disk_high = disk_high
         self.disk_usage = disk_usage or statvfs_usage(layout.root)
-        self.ledger = CacheBytes(layout.cache_bytes_file)
+        self.ledger = CacheSize(layout.cache_bytes_file)
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
         self.min_rate = min_rate  # bytes/s a fill must average (S3CACHE_FILL_MIN_RATE)
@@ -545,7 +545,7 @@ class Filler:
         try:
             # Checked, installed and counted under the ledger's lock: a burst of fills cannot overshoot,
             # and a pass never reads a total that lacks an object already in place.
-            with self.ledger.adding(delta, limit):
+            with self.ledger.adding(delta, limit, files=0 if old_size is not None else 1):
                 # The object's mark goes in before the object, so that no open-mode hit serves it without
                 # its headers; marks of another kind (a replaced object's) go after.
                 kind = hit_headers.mark_kind(ref.key, headers)
