@@ -23,7 +23,6 @@ from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove
 from evictor.report import Errors, PassSummary, write_pass
 from evictor.scan import PassAborted, scan
 from s3cache.config import Config
-from s3cache import sizelog
 from s3cache.layout import Layout
 from s3cache.ledger import CacheSize, Reading
 from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch, file_key
@@ -232,7 +231,6 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
     if not dry_run:
         try:
             write_pass(layout, summary)
-            sizelog.rotate(layout)  # what the journal held before this pass started is no longer needed
         except OSError as exc:  # the pass itself is done; say so in its line
             errors.add("writing run/evictor.json", exc)
             summary.errors, summary.error_samples = errors.count, errors.samples

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
-from s3cache import grants, metadata, objectlock, sizelog
+from s3cache import grants, metadata, objectlock
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
 from s3cache.ledger import CacheSize
 
@@ -76,12 +76,11 @@ class Removal:
         return asdict(self)
 
 
-def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "purge") -> Removal:
+def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0) -> Removal:
     """Remove ``ref``'s entry under its lock, waiting up to ``wait`` seconds for a running fill.
 
-    The change goes to the size journal (``s3cache.sizelog``), so the
-    sidecar's live size learns of it whichever process removed it; the object is unlinked and
-    subtracted from the cache's size (``s3cache.ledger``) under the ledger's lock.
+    The object is unlinked and subtracted from the cache's size (``s3cache.ledger``) under the
+    ledger's lock, so the sidecar's live size learns of it whichever process removed it.
     """
     try:
         obj, meta = layout.object_path(ref), layout.meta_path(ref)
@@ -111,7 +110,6 @@ def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "pur
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         if not removed:
             return Removal(ref.bucket, ref.key, "absent")
-        sizelog.record(layout, -size, -1, why)
         return Removal(ref.bucket, ref.key, "removed", bytes=size)
     finally:
         objectlock.release(fd, tmp)

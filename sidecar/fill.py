@@ -16,8 +16,8 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    (s3cache/metadata.py).  The renamed name is a second hard link of the temp
    file, so the temp path (and with it the lock) stays until the metadata and
    marks are in place: a purge (``s3cache.entries``) waiting on the lock never
-   sees an object without its metadata.  The change in size goes to
-   ``s3cache.sizelog``.
+   sees an object without its metadata.  The change in size (bytes, and a
+   file for a new object) is counted in ``s3cache.ledger`` as the object goes in.
 
 The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
 as the client sent it), and the whole fetch has a deadline derived from its
@@ -50,7 +50,7 @@ import http.client
 
 import urllib3
 
-from s3cache import entries, grants, metadata, objectlock, sizelog
+from s3cache import entries, grants, metadata, objectlock
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
@@ -561,7 +561,6 @@ class Filler:
             if other != kind:
                 self._unmark(ref, other)
         self._write_meta(ref, headers, size)
-        sizelog.record(self.layout, delta, 0 if old_size is not None else 1, "fill")
         if linked:
             _unlink_quietly(tmp)  # still ours: nobody unlinks a locked temp path; the caller's close unlocks
 
