@@ -32,7 +32,7 @@ from evictor.report import PassSummary
 from evictor.run import PassAborted, PassBusy, run_pass
 from s3cache.config import Config, ConfigError
 from s3cache.layout import Layout
-from s3cache.ledger import CacheBytes
+from s3cache.ledger import CacheSize
 from s3cache.redact import redact
 
 # Seconds at least between the end of a pass and a pass a refused fill brings forward.
@@ -73,7 +73,7 @@ def main() -> int:
     print(f"evicting {config.dir} every {config.evict_interval:g}s above {config.evict_high:g}% "
           f"down to {config.evict_low:g}%"
           + (f", cap {config.max_bytes} bytes" if config.max_bytes else ""), flush=True)
-    ledger = CacheBytes(Layout(config.dir).cache_bytes_file)
+    ledger = CacheSize(Layout(config.dir).cache_bytes_file)
     # The last pass, however it was started: its monotonic end and duration; whether a refusal brought it
     # forward; and whether that was fruitless (it freed nothing: the refused fill cannot fit below LOW
     # however empty the cache), after which refusals wait for the schedule instead of walking the cache
@@ -94,7 +94,7 @@ def main() -> int:
     while not stop.is_set():
         scheduler.run_pending()
         if not last["fruitless"] and time.monotonic() - last["end"] >= max(REFUSAL_GAP, last["took"]) \
-                and ledger.read()[2]:
+                and ledger.read().refused:
             last["forward"] = True
             job.run()  # a refused fill waits for room: the pass now, the schedule timed from its end
         idle = scheduler.idle_seconds

@@ -23,9 +23,8 @@ from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove
 from evictor.report import Errors, PassSummary, write_pass
 from evictor.scan import PassAborted, scan
 from s3cache.config import Config
-from s3cache import sizelog
 from s3cache.layout import Layout
-from s3cache.ledger import CacheBytes
+from s3cache.ledger import CacheSize, Reading
 from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch, file_key
 
 LOCK_FILE = "evictor.lock"
@@ -107,7 +106,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
     errors = Errors()
     lock_fd = None
     sketch = None
-    ledger = CacheBytes(layout.cache_bytes_file)
+    ledger = CacheSize(layout.cache_bytes_file)
     if not dry_run:
         layout.ensure()
         lock_fd = _lock(layout)
@@ -125,8 +124,9 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             if sketch is not None:  # the sidecar counted the misses; the hits are counted here
                 for path, n in accesslog.resolve(layout, log.counts, config.addressing, combine=operator.add).items():
                     sketch.add(file_key(objects_dir, path), n)
-        _, added_before, refused = ledger.read() if not dry_run else (None, 0, 0)
-        summary.refused_bytes = refused
+        # Before the walk: what fills and removals change from here on is added to its measure (s3cache.ledger).
+        before = ledger.read() if not dry_run else Reading()
+        refused = summary.refused_bytes = before.refused
 
         # 2. The walk.  A dry run overlays the hits it did not write.
         result = scan(layout, now=started, grace=grace, should_stop=should_stop,
@@ -190,7 +190,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             sketch.boundary = 0  # recency wins lately: tinylfu admits every miss (evictor.adaptive)
         if not dry_run:
             try:
-                ledger.set_after_pass(result.bytes, freed_size, added_before)
+                ledger.set_after_pass(result.bytes, result.files, freed_size, summary.evicted_files, before)
             except OSError as exc:
                 errors.add("writing run/cache-bytes", exc)
         if need is not None:
@@ -231,7 +231,6 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
     if not dry_run:
         try:
             write_pass(layout, summary)
-            sizelog.rotate(layout)  # what the journal held before this pass started is no longer needed
         except OSError as exc:  # the pass itself is done; say so in its line
             errors.add("writing run/evictor.json", exc)
             summary.errors, summary.error_samples = errors.count, errors.samples

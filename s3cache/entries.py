@@ -25,8 +25,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
-from s3cache import grants, metadata, objectlock, sizelog
+from s3cache import grants, metadata, objectlock
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, Uncacheable
+from s3cache.ledger import CacheSize
 
 # How long a purge waits for a running fill of the same object by default.
 DEFAULT_WAIT = 30.0
@@ -75,11 +76,11 @@ class Removal:
         return asdict(self)
 
 
-def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "purge") -> Removal:
+def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0) -> Removal:
     """Remove ``ref``'s entry under its lock, waiting up to ``wait`` seconds for a running fill.
 
-    The change goes to the size journal (``s3cache.sizelog``), so the
-    sidecar's live size learns of it whichever process removed it.
+    The object is unlinked and subtracted from the cache's size (``s3cache.ledger``) under the
+    ledger's lock, so the sidecar's live size learns of it whichever process removed it.
     """
     try:
         obj, meta = layout.object_path(ref), layout.meta_path(ref)
@@ -103,12 +104,12 @@ def remove(layout: Layout, ref: ObjectRef, *, wait: float = 0.0, why: str = "pur
         except OSError as exc:
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         try:
-            removed = remove_files(obj, meta, marks, grant_dir=grant_dir)
+            removed = CacheSize(layout.cache_bytes_file).removing(
+                size, lambda: remove_files(obj, meta, marks, grant_dir=grant_dir))
         except OSError as exc:
             return Removal(ref.bucket, ref.key, "error", detail=exc.strerror or str(exc))
         if not removed:
             return Removal(ref.bucket, ref.key, "absent")
-        sizelog.record(layout, -size, -1, why)
         return Removal(ref.bucket, ref.key, "removed", bytes=size)
     finally:
         objectlock.release(fd, tmp)

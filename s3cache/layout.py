@@ -14,12 +14,11 @@ module hands it, the sidecar's fills, the evictor) goes through here.
                                until the window in its name ends (s3cache/grants.py)
       tmp/<sha256>.part        a fill in progress; its flock *is* the entry's lock (s3cache/entries.py)
       tmp/<sha256>.link.part   a fill's second name for its finished file, renamed into objects/
-      run/size-journal.jsonl   the cache's size changes since the last eviction pass (s3cache/sizelog.py)
       run/parts.json           the supervisor's parts (front-parts.json for a front tier)
       run/evictor.json         the evictor's last pass; run/evictor-passes.jsonl the last 100
       run/frequency.sketch     how often each object was asked for lately (s3cache.sketch)
       run/adaptive.json        which eviction order wins lately: the shadow caches (evictor.adaptive)
-      run/cache-bytes          the cache's bytes, kept by fills and passes (s3cache.ledger)
+      run/cache-bytes          the cache's bytes and files, kept by fills, removals and passes (s3cache.ledger)
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
 ``tmp``, ``meta``, ``marks`` and ``grants`` are siblings of ``objects`` on the same filesystem, so the
@@ -132,7 +131,7 @@ class Layout:
         self.evictor_passes_file = self.run_dir / "evictor-passes.jsonl"
         self.sketch_file = self.run_dir / "frequency.sketch"  # s3cache.sketch: requests per object, lately
         self.adaptive_file = self.run_dir / "adaptive.json"  # evictor.adaptive: the policy duel's shadow caches
-        self.cache_bytes_file = self.run_dir / "cache-bytes"  # s3cache.ledger: the cache's bytes, kept at fill time
+        self.cache_bytes_file = self.run_dir / "cache-bytes"  # s3cache.ledger: the cache's bytes and files between passes
 
     def ensure(self) -> None:
         for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.grants_dir, self.tmp_dir, self.run_dir,

@@ -1,11 +1,20 @@
-"""The cache's bytes between eviction passes: ``run/cache-bytes``, so a fill can respect S3CACHE_MAX_BYTES.
+"""The cache's size between eviction passes: ``run/cache-bytes``, its one record of bytes and files.
 
-The evictor measures the cache once per pass; in between, every fill adds
-its bytes here before its object is renamed into place, and a fill that
-would take the cache above the high watermark of S3CACHE_MAX_BYTES is
-refused instead (``try_add``).  Check and add happen under one ``flock``,
-so a burst of concurrent fills, in any number of processes, can never
-overshoot together.
+The evictor measures the cache once per pass (its walk).  In between, whoever
+changes the cache counts the change here, under one ``flock``, in whatever
+process it runs (the sidecar, ``s3cache warm``, ``s3cache purge``):
+
+- a fill adds its bytes (the difference, when it replaces an object) and its
+  file before its object is renamed into place (``adding``); a fill that would
+  take the cache above the high watermark of S3CACHE_MAX_BYTES is refused
+  instead.  Check and add happen under the lock, so a burst of concurrent
+  fills can never overshoot together;
+- a removal outside the evictor (a purge, a removal after S3's ``404``:
+  ``s3cache.entries``) unlinks the object and subtracts it under the same lock
+  (``removing``).
+
+So the live size the status page, the metrics and ``s3cache stats`` show
+(``sidecar.collector``) is one read of this record, never a walk.
 
 A refused fill must not wait for usage to cross HIGH by itself (refusals
 keep it below HIGH for ever): the largest refused size since the last pass
@@ -13,15 +22,21 @@ is kept too, and the next pass frees room for it (``evictor.policy``),
 brought forward by the refusal (``evictor.__main__``).  A fill the disk's
 own high watermark refused (``sidecar.fill``) is recorded the same way.
 
-Every pass sets the bytes anew: its scan, minus its removals, plus what
-fills added while it walked (a running total of added bytes tells).  A fill
-the walk also saw is then counted twice, which errs on the safe side and is
-gone at the next pass.  Until the first pass there is no figure and fills
-are not held back (the total still counts them, so the first pass misses none).
+Every pass sets bytes and files anew: its scan, minus its removals, plus what
+fills and removals changed while it walked.  Signed running totals of those
+changes tell: the pass reads them before its walk and adds their growth at its
+end.  A change the walk also saw is then counted twice (a fill added twice, a
+removal subtracted twice) until the next pass measures again.  Until the first
+pass there is no figure and fills are not held back (the totals still count
+every change, so the first pass misses none).
 
-The file holds three little-endian 64-bit integers: the bytes (-1: none yet),
-the bytes fills ever added (the running total), and the largest fill refused
-since the last pass.
+The record is seven little-endian 64-bit integers, in ``Reading``'s order:
+bytes and files (-1: no figure yet), the running totals of bytes and files
+changed, the running count of changes, that count when the last pass started
+(so the changes since it are known), and the largest fill refused since the
+last pass.  Each write is one ``pwrite`` of the whole record under the lock.
+A shorter record (an older format's) reads as no figure and no change yet:
+the next pass writes it whole.
 """
 
 from __future__ import annotations
@@ -30,9 +45,9 @@ import fcntl
 import os
 import struct
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
-_FMT = "<qqq"
+_FMT = "<qqqqqqq"
 _SIZE = struct.calcsize(_FMT)
 
 
@@ -40,88 +55,157 @@ class OverCap(Exception):
     """The fill would take the cache above its limit."""
 
 
-class CacheBytes:
+class Reading(NamedTuple):
+    bytes: int | None = None  # the cache's bytes; None until a pass has measured them
+    files: int | None = None  # its objects; None likewise
+    changed_bytes: int = 0    # running total of the bytes fills and removals outside the evictor changed (signed)
+    changed_files: int = 0    # the same for objects
+    changes: int = 0          # running count of those fills and removals
+    changes_at_pass: int = 0  # ``changes`` when the last pass started
+    refused: int = 0          # the largest fill refused since the last pass
+
+    @property
+    def changes_since_pass(self) -> int | None:
+        """Fills and removals since the last pass started (None: no pass yet)."""
+        return None if self.bytes is None else self.changes - self.changes_at_pass
+
+    def with_change(self, bytes_delta: int, files_delta: int) -> "Reading":
+        """This record with one more change counted (in the figure too, once there is one)."""
+        return self._replace(
+            bytes=None if self.bytes is None else max(0, self.bytes + bytes_delta),
+            files=None if self.files is None else max(0, self.files + files_delta),
+            changed_bytes=self.changed_bytes + bytes_delta, changed_files=self.changed_files + files_delta,
+            changes=self.changes + 1)
+
+
+class CacheSize:
+    """The record in ``path`` (``Layout.cache_bytes_file``): every read and change of it, each under its ``flock``."""
+
     def __init__(self, path: os.PathLike | str):
         self.path = os.fspath(path)
 
-    @contextmanager
-    def _locked(self) -> Iterator[int]:
+    def _lock(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        fd = self._lock()
+        try:
             yield fd
         finally:
             os.close(fd)  # releases the lock
 
     @staticmethod
-    def _read(fd: int) -> tuple[int | None, int, int]:
+    def _read(fd: int) -> Reading:
         raw = os.pread(fd, _SIZE, 0)
         if len(raw) != _SIZE:
-            return None, 0, 0
-        value, added, refused = struct.unpack(_FMT, raw)
-        return (None if value < 0 else value), added, refused
+            return Reading()
+        values = struct.unpack(_FMT, raw)
+        if values[0] < 0 or values[1] < 0:
+            return Reading(None, None, *values[2:])
+        return Reading(*values)
 
     @staticmethod
-    def _write(fd: int, value: int | None, added: int, refused: int) -> None:
-        os.pwrite(fd, struct.pack(_FMT, -1 if value is None else max(0, value), added, refused), 0)
+    def _write(fd: int, r: Reading) -> None:
+        figure = (-1, -1) if r.bytes is None or r.files is None else (max(0, r.bytes), max(0, r.files))
+        os.pwrite(fd, struct.pack(_FMT, *figure, *r[2:]), 0)
 
-    def read(self) -> tuple[int | None, int, int]:
-        """(bytes or None before the first pass, bytes ever added by fills, largest fill refused since the last pass)."""
+    def read(self) -> Reading:
+        """The record now; a missing or unreadable file reads as no figure and no change yet."""
         try:
-            with self._locked() as fd:
-                return self._read(fd)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return None, 0, 0
+            return Reading()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a write is one pwrite under LOCK_EX: never half of one
+            return self._read(fd)
+        except OSError:
+            return Reading()
+        finally:
+            os.close(fd)
 
     @contextmanager
-    def adding(self, size: int, limit: int | None) -> Iterator[None]:
-        """Hold the ledger while the caller installs ``size`` more bytes; counted when the block ends without error.
+    def adding(self, size: int, limit: int | None, files: int = 1) -> Iterator[None]:
+        """Hold the ledger while the caller installs ``size`` more bytes in ``files`` more objects (0: a replacement);
+        counted when the block ends without error.
 
         Raises ``OverCap`` (and records the refusal) instead when that would take the cache above
-        ``limit``.  Check, install and count under one lock: a pass reading the total sees an
+        ``limit``.  Check, install and count under one lock: a pass reading the totals sees an
         object either counted and in place, or neither.
         """
         with self._locked() as fd:
-            value, added, refused = self._read(fd)
-            if value is not None and limit is not None and size > 0 and value + size > limit:
-                self._write(fd, value, added, max(refused, size))
-                raise OverCap(f"{value} + {size} bytes > {limit}")
+            r = self._read(fd)
+            if r.bytes is not None and limit is not None and size > 0 and r.bytes + size > limit:
+                self._write(fd, r._replace(refused=max(r.refused, size)))
+                raise OverCap(f"{r.bytes} + {size} bytes > {limit}")
             yield
-            # No pass yet: nothing held the fill back, but the total counts it.
-            self._write(fd, None if value is None else value + size, added + size, refused)
+            # No pass yet: nothing held the fill back, but the totals count it.
+            self._write(fd, r.with_change(size, files))
 
-    def try_add(self, size: int, limit: int | None) -> bool:
+    def try_add(self, size: int, limit: int | None, files: int = 1) -> bool:
         """Count ``size`` more bytes unless that takes the cache above ``limit``; False: refused, nothing counted."""
         try:
-            with self.adding(size, limit):
+            with self.adding(size, limit, files):
                 return True
         except OverCap:
             return False
+
+    def removing(self, size: int, remove: Callable[[], bool]) -> bool:
+        """Run ``remove`` (one object's removal) under the ledger's lock; if it removed the object, subtract
+        ``size`` bytes and one file.  Returns what ``remove`` did.
+
+        Under the lock for the reason ``adding`` is: a pass reading the totals sees the object either
+        in place and counted, or gone and subtracted.
+        """
+        try:
+            fd = self._lock()
+        except OSError:  # nothing to count in (run/ missing, read-only): the removal still happens, the next pass measures
+            return remove()
+        try:
+            removed = remove()
+            if removed:
+                try:
+                    self._write(fd, self._read(fd).with_change(-size, -1))
+                except OSError:  # the object is gone all the same; the next pass measures
+                    pass
+            return removed
+        finally:
+            os.close(fd)  # releases the lock
 
     def would_refuse(self, size: int, limit: int | None) -> bool:
         """Whether ``try_add`` would refuse ``size`` now (recorded as a refusal if so); counts nothing."""
         if limit is None:
             return False
         with self._locked() as fd:
-            value, added, refused = self._read(fd)
-            if value is None or value + size <= limit:
+            r = self._read(fd)
+            if r.bytes is None or r.bytes + size <= limit:
                 return False
-            self._write(fd, value, added, max(refused, size))
+            self._write(fd, r._replace(refused=max(r.refused, size)))
             return True
 
     def refuse(self, size: int) -> None:
         """Record a fill of ``size`` refused for another reason (the disk's own high watermark): the next pass makes room."""
         with self._locked() as fd:
-            value, added, refused = self._read(fd)
-            self._write(fd, value, added, max(refused, size))
+            r = self._read(fd)
+            self._write(fd, r._replace(refused=max(r.refused, size)))
 
-    def set_after_pass(self, scanned: int, freed: int, added_before: int) -> int:
-        """The pass's word: its scan, minus its removals, plus what fills added since it read ``added_before``."""
+    def set_after_pass(self, scanned_bytes: int, scanned_files: int, freed_bytes: int, freed_files: int,
+                       before: Reading) -> Reading:
+        """The pass's word: its scan, minus its removals, plus what changed since it read ``before``."""
         with self._locked() as fd:
-            _, added, _ = self._read(fd)
-            value = max(0, scanned - freed + (added - added_before))
-            self._write(fd, value, added, 0)  # the refusals it was told of are answered
-            return value
+            now = self._read(fd)
+            r = now._replace(bytes=max(0, scanned_bytes - freed_bytes + now.changed_bytes - before.changed_bytes),
+                             files=max(0, scanned_files - freed_files + now.changed_files - before.changed_files),
+                             changes_at_pass=before.changes,
+                             refused=0)  # the refusals it was told of are answered
+            self._write(fd, r)
+            return r
 
 
 def fill_limit(max_bytes: int | None, high_percent: float) -> int | None:

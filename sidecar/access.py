@@ -358,6 +358,6 @@ def unreachable(hit: HitRequest, ref: ObjectRef, config: Config, layout: Layout,
 
 def remove_cached(layout: Layout, ref: ObjectRef) -> None:
     """S3 says the object is gone (or changed, for a HEAD): drop the entry, unless a fill is writing it now."""
-    removal = entries.remove(layout, ref, wait=0.0, why="gone")
+    removal = entries.remove(layout, ref, wait=0.0)
     if removal.outcome not in ("removed", "absent"):
         log.info("kept %s: %s (%s)", ref.name, removal.outcome, removal.detail)

@@ -7,9 +7,9 @@ Each figure comes from where it is true:
   before each snapshot, so a page is never behind the log;
 - misses the sidecar answered, and fills: the sidecar's own counters;
 - eviction passes: the evictor's ``run/evictor-passes.jsonl``;
-- the cache's live size: the last pass's measure plus the size journal's
-  changes since that pass started (``s3cache.sizelog``: every fill and removal,
-  by any process), so no page view walks the cache;
+- the cache's live size: ``run/cache-bytes`` (``s3cache.ledger``: each pass
+  sets it, every fill and removal since, by any process, changed it), so no
+  page view walks the cache;
 - disk usage: ``statvfs`` at the moment of the snapshot.
 
 Counters run from the sidecar's start (as Prometheus expects of counters).
@@ -28,9 +28,9 @@ from bisect import bisect_left
 from collections import Counter
 from typing import Callable
 
-from s3cache import sizelog
 from s3cache.config import Config
 from s3cache.layout import Layout
+from s3cache.ledger import CacheSize
 from s3cache.usage import statvfs_usage, usage_percent
 from sidecar.fill import Filler
 from s3cache.accesslog import Follower
@@ -90,7 +90,7 @@ class Collector:
         self._passes: list[dict] = []
         self._passes_stamp: tuple | None = None
         self._newest_pass = self.started_at  # passes that finished before we started are not "since start"
-        self.size_changes = sizelog.Tally(layout)  # fills and removals since the last pass started
+        self.cache_size = CacheSize(layout.cache_bytes_file)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -138,9 +138,6 @@ class Collector:
             self.traffic.resolve(now=now)
             self._poll_fills()
             self._poll_evictor()
-            if self._passes:
-                self.size_changes.set_checkpoint(float(self._passes[-1].get("started_at") or 0))
-            self.size_changes.read()
 
     def _poll_fills(self) -> None:
         state = self.filler.stats()
@@ -286,18 +283,18 @@ class Collector:
     def _disk(self) -> dict:
         c = self.config
         last = self._passes[-1] if self._passes else None
-        cache_bytes = cache_files = measured_bytes = measured_files = None
+        cache_bytes = cache_files = changes = measured_bytes = measured_files = None
         if last is not None:
             measured_bytes = int(last.get("bytes_after") or 0)
             measured_files = int(last.get("scanned_files") or 0) - int(last.get("evicted_files") or 0)
-            # Live: the pass's measure plus what fills and removals changed since it started.
-            cache_bytes = max(0, measured_bytes + self.size_changes.bytes)
-            cache_files = max(0, measured_files + self.size_changes.files)
+            # Live: the pass's measure plus what fills and removals changed since it started, kept in the ledger.
+            size = self.cache_size.read()
+            cache_bytes, cache_files, changes = size.bytes, size.files, size.changes_since_pass
         out = {"high": c.evict_high, "low": c.evict_low, "max_bytes": c.max_bytes,
                "cache_bytes": cache_bytes, "cache_files": cache_files,
                "cache_as_of": last["finished_at"] if last else None,
                "measured_bytes": measured_bytes, "measured_files": measured_files,
-               "changes_since_pass": self.size_changes.changes if last is not None else None,
+               "changes_since_pass": changes,
                "used_bytes": None, "available_bytes": None, "used_percent": None, "usage_percent": None}
         try:
             fs = statvfs_usage(self.layout.root)()

@@ -16,8 +16,8 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    (s3cache/metadata.py).  The renamed name is a second hard link of the temp
    file, so the temp path (and with it the lock) stays until the metadata and
    marks are in place: a purge (``s3cache.entries``) waiting on the lock never
-   sees an object without its metadata.  The change in size goes to
-   ``s3cache.sizelog``.
+   sees an object without its metadata.  The change in size (bytes, and a
+   file for a new object) is counted in ``s3cache.ledger`` as the object goes in.
 
 The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
 as the client sent it), and the whole fetch has a deadline derived from its
@@ -50,11 +50,11 @@ import http.client
 
 import urllib3
 
-from s3cache import entries, grants, metadata, objectlock, sizelog
+from s3cache import entries, grants, metadata, objectlock
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
-from s3cache.ledger import CacheBytes, OverCap, fill_limit
+from s3cache.ledger import CacheSize, OverCap, fill_limit
 from s3cache.redact import redact
 from s3cache.usage import UsageFn, statvfs_usage
 from sidecar import cors, hit_headers
@@ -152,7 +152,7 @@ class Filler:
         # above it is not cached either, so between passes the disk fills no further than the cap would.
         self.disk_high = disk_high
         self.disk_usage = disk_usage or statvfs_usage(layout.root)
-        self.ledger = CacheBytes(layout.cache_bytes_file)
+        self.ledger = CacheSize(layout.cache_bytes_file)
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
         self.min_rate = min_rate  # bytes/s a fill must average (S3CACHE_FILL_MIN_RATE)
@@ -545,7 +545,7 @@ class Filler:
         try:
             # Checked, installed and counted under the ledger's lock: a burst of fills cannot overshoot,
             # and a pass never reads a total that lacks an object already in place.
-            with self.ledger.adding(delta, limit):
+            with self.ledger.adding(delta, limit, files=0 if old_size is not None else 1):
                 # The object's mark goes in before the object, so that no open-mode hit serves it without
                 # its headers; marks of another kind (a replaced object's) go after.
                 kind = hit_headers.mark_kind(ref.key, headers)
@@ -561,7 +561,6 @@ class Filler:
             if other != kind:
                 self._unmark(ref, other)
         self._write_meta(ref, headers, size)
-        sizelog.record(self.layout, delta, 0 if old_size is not None else 1, "fill")
         if linked:
             _unlink_quietly(tmp)  # still ours: nobody unlinks a locked temp path; the caller's close unlocks
 

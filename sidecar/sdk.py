@@ -393,7 +393,7 @@ class SDK:
         resp = self._relay(method, url, headers, body=body, payload=claimed)
         key = resolved.parsed.key
         if key and 200 <= resp.status_code < 300 and method in ("PUT", "POST", "DELETE"):
-            removal = entries.remove(self.layout, resolved.parsed.ref, wait=entries.DEFAULT_WAIT, why="sdk-write")
+            removal = entries.remove(self.layout, resolved.parsed.ref, wait=entries.DEFAULT_WAIT)
             if removal.outcome not in ("removed", "absent"):
                 log.warning("kept %s after an SDK write: %s (%s)", resolved.parsed.ref.name, removal.outcome,
                             removal.detail)

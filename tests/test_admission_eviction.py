@@ -11,11 +11,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import struct
 import threading
 
 import pytest
 
-from s3cache.ledger import CacheBytes, fill_limit
+from s3cache.ledger import CacheSize, Reading, fill_limit
 from s3cache.layout import ObjectRef
 from s3cache.sketch import MAX_COUNT, FrequencySketch, file_key
 from s3cache.usage import FsUsage
@@ -167,7 +168,7 @@ def test_a_pass_sets_the_ledger_from_its_scan(cache):
     for k in "abcd":
         cache.put(k, atime_ns=ns_ago(5))
     cache.run(S3CACHE_MAX_BYTES="3500")
-    assert CacheBytes(cache.layout.cache_bytes_file).read()[0] == 2000  # 4000 scanned, 2000 evicted
+    assert CacheSize(cache.layout.cache_bytes_file).read()[:2] == (2000, 2)  # 4000 bytes in 4 files scanned, 2 evicted
 
 
 def test_a_refused_fill_makes_the_next_pass_free_room_below_high(cache):
@@ -176,11 +177,11 @@ def test_a_refused_fill_makes_the_next_pass_free_room_below_high(cache):
         cache.put(k, atime_ns=ns_ago(5 - i))
     cache.run(S3CACHE_MAX_BYTES="3500")  # 3000 of 3500: below HIGH (90% = 3150), nothing goes
     assert all(cache.has(k) for k in "abc")
-    ledger = CacheBytes(cache.layout.cache_bytes_file)
+    ledger = CacheSize(cache.layout.cache_bytes_file)
     assert not ledger.try_add(1000, fill_limit(3500, 90))  # a 1000-byte fill is refused
     cache.run(S3CACHE_MAX_BYTES="3500")  # room for it below LOW (80% = 2800): two files go
     assert [cache.has(k) for k in "abc"] == [False, False, True]
-    assert ledger.read()[0] == 1000 and ledger.read()[2] == 0
+    assert ledger.read().bytes == 1000 and ledger.read().refused == 0
     assert ledger.try_add(1000, fill_limit(3500, 90))
 
 
@@ -208,7 +209,7 @@ def test_a_fill_that_would_take_the_disk_above_high_is_refused_and_recorded(cach
                     disk_high=95, disk_usage=lambda: disk)
     ref = ObjectRef("bkt", "disk-bound")
     result = filler.fill(ref, "http://upstream.invalid/bkt/disk-bound")
-    refused = CacheBytes(cache.layout.cache_bytes_file).read()[2]
+    refused = CacheSize(cache.layout.cache_bytes_file).read().refused
     if cached:
         assert result.outcome == "filled" and cache.layout.object_path(ref).read_bytes() == body
         assert refused == 0
@@ -225,10 +226,10 @@ def test_a_fill_the_disk_refused_makes_the_next_pass_free_room_below_low(cache):
     disk = FakeDisk(cache.layout, total=5 * 4096, other=0)
     cache.run(usage=disk)
     assert all(cache.has(k) for k in "abcd")
-    CacheBytes(cache.layout.cache_bytes_file).refuse(4096)  # what the sidecar records (above)
+    CacheSize(cache.layout.cache_bytes_file).refuse(4096)  # what the sidecar records (above)
     cache.run(usage=disk)  # room below LOW (80%: 16 KiB) with the refused block in: two files go
     assert [cache.has(k) for k in "abcd"] == [False, False, True, True]
-    assert CacheBytes(cache.layout.cache_bytes_file).read()[2] == 0
+    assert CacheSize(cache.layout.cache_bytes_file).read().refused == 0
 
 
 class _IdleFiller:
@@ -254,14 +255,14 @@ def test_a_disk_other_data_keeps_above_low_makes_health_degraded(cache):
 
 
 def _burst_worker(path: str, n: int, out) -> None:
-    ledger = CacheBytes(path)
+    ledger = CacheSize(path)
     out.put(sum(ledger.try_add(100, 1000) for _ in range(n)))
 
 
 def test_the_ledger_never_lets_a_burst_of_fills_cross_the_limit(tmp_path):
-    ledger = CacheBytes(tmp_path / "cache-bytes")
+    ledger = CacheSize(tmp_path / "cache-bytes")
     assert ledger.try_add(10**9, 1000)  # before the first pass: no figure, no refusal
-    ledger.set_after_pass(scanned=300, freed=0, added_before=10**9)
+    ledger.set_after_pass(300, 3, 0, 0, before=ledger.read())
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=_burst_worker, args=(str(ledger.path), 20, out)) for _ in range(4)]
@@ -271,16 +272,52 @@ def test_the_ledger_never_lets_a_burst_of_fills_cross_the_limit(tmp_path):
     for p in procs:
         p.join(60)
     assert admitted == 7  # (1000 - 300) / 100: exactly what fits, whoever asked
-    assert ledger.read()[0] == 1000
+    assert ledger.read()[:2] == (1000, 10)
 
 
 def test_fills_before_and_during_the_first_pass_are_never_lost(tmp_path):
-    ledger = CacheBytes(tmp_path / "cache-bytes")
+    ledger = CacheSize(tmp_path / "cache-bytes")
     ledger.try_add(500, 1000)                  # before any pass: not held back, still counted
-    _, added_before, _ = ledger.read()         # the pass starts (and its walk sees that fill) ...
+    before = ledger.read()                     # the pass starts (and its walk sees that fill) ...
     ledger.try_add(200, 1000)                  # ... a fill lands after the walk passed its directory
-    assert ledger.set_after_pass(scanned=500, freed=0, added_before=added_before) == 700
+    assert ledger.set_after_pass(500, 1, 0, 0, before)[:2] == (700, 2)
     assert not ledger.try_add(400, 1000)       # 700 + 400 > 1000
+
+
+def test_changes_while_a_pass_walks_are_added_to_its_measure(tmp_path):
+    ledger = CacheSize(tmp_path / "cache-bytes")
+    ledger.set_after_pass(1000, 4, 0, 0, Reading())
+    ledger.try_add(50, None)
+    before = ledger.read()                     # the pass starts; its walk will find 1050 bytes in 5 files ...
+    assert ledger.removing(300, lambda: True)  # ... a purge of a file the walk already counted
+    ledger.try_add(20, None, files=0)          # ... a refresh: 20 bytes more, no new file
+    assert not ledger.removing(99, lambda: False)  # ... a purge that found nothing: nothing changes
+    after = ledger.set_after_pass(1050, 5, 100, 1, before)  # the pass evicted one file of 100 bytes
+    assert after[:2] == (1050 - 100 - 300 + 20, 5 - 1 - 1)
+    assert after.changes_since_pass == 2       # the purge and the refresh: since the pass started
+    ledger.try_add(7, None)
+    assert ledger.read().changes_since_pass == 3 and ledger.read()[:2] == (677, 4)
+
+
+def test_an_older_shorter_record_reads_as_no_figure_yet(tmp_path):
+    path = tmp_path / "cache-bytes"
+    path.write_bytes(struct.pack("<qqq", 4000, 9000, 123))  # the record before it counted files: 24 bytes
+    ledger = CacheSize(path)
+    assert ledger.read() == Reading()
+    assert ledger.try_add(10**9, 1000)         # no figure: nothing held back, as before any pass
+    before = ledger.read()
+    assert before.bytes is None and before.changed_bytes == 10**9
+    ledger.try_add(10, None)
+    assert ledger.set_after_pass(500, 2, 0, 0, before)[:2] == (510, 3)  # the next pass sets it whole
+    assert path.stat().st_size > 24
+
+
+def test_a_missing_or_unreadable_record_reads_as_no_figure(tmp_path):
+    assert CacheSize(tmp_path / "absent").read() == Reading()
+    assert not (tmp_path / "absent").exists()  # a read creates nothing
+    (tmp_path / "a-dir").mkdir()
+    assert CacheSize(tmp_path / "a-dir").read() == Reading()
+    assert Reading().changes_since_pass is None
 
 
 def test_fill_limit_is_the_high_watermark_of_the_cap():
@@ -303,7 +340,7 @@ def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
     stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_MAX_BYTES=str(cap), S3CACHE_EVICT_INTERVAL="3600",
                        S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="50", S3CACHE_FILL_WORKERS="8",
                        S3CACHE_ADMIT="first")
-    wait_until(lambda: stack.layout.cache_bytes_file.exists() and CacheBytes(stack.layout.cache_bytes_file).read()[0] == 0,
+    wait_until(lambda: stack.layout.cache_bytes_file.exists() and CacheSize(stack.layout.cache_bytes_file).read().bytes == 0,
                timeout=30, what="the evictor's first pass")
     keys = [f"obj-{i:02d}" for i in range(30)]
     for k in keys:
@@ -319,7 +356,7 @@ def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
     on_disk = sum(stack.object_file(BUCKET, k).stat().st_size for k in cached)
     assert on_disk <= fill_limit(cap, 90), (len(cached), on_disk)
     assert len(cached) == 9  # the cap is used, not just respected
-    assert CacheBytes(stack.layout.cache_bytes_file).read()[0] == on_disk
+    assert CacheSize(stack.layout.cache_bytes_file).read()[:2] == (on_disk, len(cached))
 
 
 # -- what admission saved, on the status page and in the metrics -----------------------------------

@@ -14,9 +14,10 @@ from hypothesis import given, strategies as st
 
 from evictor.remove import remove_object
 from evictor.report import Errors
-from s3cache import entries, objectlock, sizelog, wire
+from s3cache import entries, objectlock, wire
 from s3cache.config import Config
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef, uncacheable_reason
+from s3cache.ledger import CacheSize, Reading
 from sidecar.app import create_app
 
 GATEWAY_KEYS = (Path(__file__).parent / "data" / "gateway-keys.txt").read_text(encoding="utf-8").splitlines()
@@ -87,8 +88,11 @@ def test_paging_returns_each_cached_object_once_in_order(tmp_path_factory, keys,
     assert got == on_disk
 
 
-def test_remove_takes_the_object_its_metadata_and_marks_and_journals_the_change(layout):
+def test_remove_takes_the_object_its_metadata_and_marks_and_subtracts_it_from_the_ledger(layout):
     cache(layout, BUCKET, "k/one", b"12345")
+    cache(layout, BUCKET, "k/two", b"123")
+    ledger = CacheSize(layout.cache_bytes_file)
+    ledger.set_after_pass(8, 2, 0, 0, Reading())  # a pass measured both
     ref = ObjectRef(BUCKET, "k/one")
     removal = entries.remove(layout, ref)
     assert (removal.outcome, removal.bytes) == ("removed", 5)
@@ -96,9 +100,16 @@ def test_remove_takes_the_object_its_metadata_and_marks_and_journals_the_change(
     assert not any(layout.mark_path(ref, k).exists() for k in MARK_KINDS)
     assert entries.remove(layout, ref).outcome == "absent"
     assert entries.remove(layout, ObjectRef(BUCKET, "a//b")).outcome == "absent"  # never cacheable
-    lines = [json.loads(x) for x in Path(sizelog.journal_path(layout)).read_text().splitlines()]
-    assert [(x["bytes"], x["files"], x["why"]) for x in lines] == [(-5, -1, "purge")]
+    after = ledger.read()  # once: the second removal found nothing
+    assert (after.bytes, after.files, after.changed_bytes, after.changed_files, after.changes) == (3, 1, -5, -1, 1)
     assert not list(layout.tmp_dir.iterdir())
+
+
+def test_a_purge_happens_even_where_the_ledger_cannot_be_kept(layout):
+    cache(layout, BUCKET, "k", b"123")
+    layout.run_dir.rmdir()  # no run/ to keep run/cache-bytes in: the next pass measures anyway
+    assert entries.remove(layout, ObjectRef(BUCKET, "k")).outcome == "removed"
+    assert not layout.object_path(ObjectRef(BUCKET, "k")).exists()
 
 
 def test_the_evictor_leaves_an_entry_whose_fill_is_running(layout):

@@ -31,7 +31,7 @@ from evictor.run import PassBusy, run_pass
 from evictor.scan import FileTable
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
-from s3cache.ledger import CacheBytes, fill_limit
+from s3cache.ledger import CacheSize, fill_limit
 
 PROJECT = Path(__file__).resolve().parent.parent
 # The instant every pass in these tests runs at (``Cache.run`` injects it as the evictor's clock),
@@ -587,7 +587,7 @@ def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
             first = proc.stdout.readline()
             assert first, "the evictor ended before its first pass"
         assert "evicted=0 files" in first, first
-        ledger = CacheBytes(cache.layout.cache_bytes_file)
+        ledger = CacheSize(cache.layout.cache_bytes_file)
         assert ledger.try_add(1000, fill_limit(12500, 90))  # 11,000 <= 11,250: room, no refusal
         assert not ledger.try_add(2000, fill_limit(12500, 90))  # 13,000 > 11,250: refused
         # The schedule's own next pass is an hour away; a refusal should bring one within a few ticks.
@@ -597,7 +597,7 @@ def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
         assert second.startswith("pass:") and "evicted=0 files" not in second, second
         # Room below LOW (10,000) with the refused 2,000 in: the oldest objects went.
         assert not cache.has("k0") and cache.has("k9")
-        assert ledger.read()[2] == 0  # the refusal is answered
+        assert ledger.read().refused == 0  # the refusal is answered
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -630,7 +630,7 @@ def test_refusals_no_pass_can_answer_wait_for_the_schedule(tmp_path):
 
     try:
         assert next_pass(30) is not None  # the pass at start
-        ledger = CacheBytes(cache.layout.cache_bytes_file)
+        ledger = CacheSize(cache.layout.cache_bytes_file)
         assert not ledger.try_add(11_000, fill_limit(12500, 90))  # more than LOW (10,000) of the whole cap
         answered = next_pass(30)
         assert answered is not None and "evicted=0 files" in answered, answered  # tried once, nothing to gain

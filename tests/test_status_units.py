@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from s3cache.accesslog import Follower
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
+from s3cache.ledger import CacheSize, Reading
 from commands.stats import render as render_cli
 from s3cache.stats_summary import fmt_bytes, fmt_dollars, headline_rows
 from sidecar import admin, metrics, status_page
@@ -285,6 +286,7 @@ def snapshot(tmp_path, layout):
                "bytes_before": 6000, "bytes_after": 5000, "evicted_files": 1, "evicted_bytes": 1000,
                "usage_percent_before": 50.0, "usage_percent_after": 40.0, "errors": 0}]
     (layout.run_dir / "evictor-passes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passes))
+    CacheSize(layout.cache_bytes_file).set_after_pass(6000, 5, 1000, 1, Reading())  # the last pass's word
     c.count_miss(True)
     c.count_miss(False)
     return c.snapshot()
