@@ -11,10 +11,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -572,6 +573,30 @@ def test_the_process_passes_on_schedule_and_stops_cleanly_on_sigterm(tmp_path):
     assert json.loads((cache.layout.run_dir / "evictor.json").read_text())["scanned_files"] == 1
 
 
+class PassLines:
+    """The evictor process's ``pass:`` lines as they come (a reader thread: ``select`` on a buffered pipe would
+    miss a line already read into the buffer along with the one before it)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("pass:"):
+                self.lines.put(line)
+        self.lines.put(None)  # the process ended
+
+    def next(self, within: float) -> str | None:
+        """The next pass line within ``within`` seconds, or None."""
+        try:
+            line = self.lines.get(timeout=within)
+        except queue.Empty:
+            return None
+        assert line is not None, "the evictor ended"
+        return line
+
+
 def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
     """A refused fill is an object not cached until room is made: the process makes it at once, not an hour later."""
     cache = Cache(tmp_path / "cache")
@@ -581,20 +606,17 @@ def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
                        S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80")
     proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
+    passes = PassLines(proc)
     try:
-        first = ""
-        while not first.startswith("pass:"):
-            first = proc.stdout.readline()
-            assert first, "the evictor ended before its first pass"
-        assert "evicted=0 files" in first, first
+        first = passes.next(30)
+        assert first is not None and "evicted=0 files" in first, first
         ledger = CacheSize(cache.layout.cache_bytes_file)
         assert ledger.try_add(1000, fill_limit(12500, 90))  # 11,000 <= 11,250: room, no refusal
         assert not ledger.try_add(2000, fill_limit(12500, 90))  # 13,000 > 11,250: refused
         # The schedule's own next pass is an hour away; a refusal should bring one within a few ticks.
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "no pass within 30 s of a refused fill"
-        second = proc.stdout.readline()
-        assert second.startswith("pass:") and "evicted=0 files" not in second, second
+        second = passes.next(30)
+        assert second is not None, "no pass within 30 s of a refused fill"
+        assert "evicted=0 files" not in second, second
         # Room below LOW (10,000) with the refused 2,000 in: the oldest objects went.
         assert not cache.has("k0") and cache.has("k9")
         assert ledger.read().refused == 0  # the refusal is answered
@@ -616,18 +638,7 @@ def test_refusals_no_pass_can_answer_wait_for_the_schedule(tmp_path):
                        S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80")
     proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
-
-    def next_pass(within: float) -> str | None:
-        deadline = time.monotonic() + within
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([proc.stdout], [], [], left)[0]:
-                return None
-            line = proc.stdout.readline()
-            assert line, "the evictor ended"
-            if line.startswith("pass:"):
-                return line
-        return None
-
+    next_pass = PassLines(proc).next
     try:
         assert next_pass(30) is not None  # the pass at start
         ledger = CacheSize(cache.layout.cache_bytes_file)
