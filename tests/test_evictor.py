@@ -18,7 +18,9 @@ import sys
 import threading
 import time
 from array import array
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -597,17 +599,30 @@ class PassLines:
         return line
 
 
+@contextmanager
+def evictor_process(**env: str) -> Iterator[PassLines]:
+    """``python -m evictor`` with ``env``: its pass lines; stopped (SIGTERM, else killed) whatever the test did."""
+    proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_evictor_env(**env))
+    try:
+        yield PassLines(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
     """A refused fill is an object not cached until room is made: the process makes it at once, not an hour later."""
     cache = Cache(tmp_path / "cache")
     for i in range(10):
         cache.put(f"k{i}", atime_ns=ns_ago(10 - i))  # 10,000 bytes: 80% of the cap, below HIGH (90%)
-    env = _evictor_env(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
-                       S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80")
-    proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    passes = PassLines(proc)
-    try:
+    with evictor_process(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
+                         S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80") as passes:
         first = passes.next(30)
         assert first is not None and "evicted=0 files" in first, first
         ledger = CacheSize(cache.layout.cache_bytes_file)
@@ -620,42 +635,22 @@ def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
         # Room below LOW (10,000) with the refused 2,000 in: the oldest objects went.
         assert not cache.has("k0") and cache.has("k9")
         assert ledger.read().refused == 0  # the refusal is answered
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_refusals_no_pass_can_answer_wait_for_the_schedule(tmp_path):
     """A refused fill that could not fit below LOW in an emptied cache gets one pass, not one a second for ever."""
     cache = Cache(tmp_path / "cache")
     cache.put("k0", atime_ns=ns_ago(1))
-    env = _evictor_env(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
-                       S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80")
-    proc = subprocess.Popen([sys.executable, "-m", "evictor"], cwd=PROJECT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    next_pass = PassLines(proc).next
-    try:
-        assert next_pass(30) is not None  # the pass at start
+    with evictor_process(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
+                         S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80") as passes:
+        assert passes.next(30) is not None  # the pass at start
         ledger = CacheSize(cache.layout.cache_bytes_file)
         assert not ledger.try_add(11_000, fill_limit(12500, 90))  # more than LOW (10,000) of the whole cap
-        answered = next_pass(30)
+        answered = passes.next(30)
         assert answered is not None and "evicted=0 files" in answered, answered  # tried once, nothing to gain
         assert cache.has("k0")
         assert not ledger.try_add(11_000, fill_limit(12500, 90))  # asked again, refused again
-        assert next_pass(5) is None  # several ticks and gaps: no pass walks the cache for it again
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        assert passes.next(5) is None  # several ticks and gaps: no pass walks the cache for it again
 
 
 def test_a_full_disk_that_refuses_state_writes_still_gets_its_eviction(cache, monkeypatch):
