@@ -77,6 +77,10 @@ class Reading(NamedTuple):
             changed_bytes=self.changed_bytes + bytes_delta, changed_files=self.changed_files + files_delta,
             changes=self.changes + 1)
 
+    def with_refusal(self, size: int) -> "Reading":
+        """This record with a fill of ``size`` refused (the largest since the last pass is what it keeps)."""
+        return self._replace(refused=max(self.refused, size))
+
 
 class CacheSize:
     """The record in ``path`` (``Layout.cache_bytes_file``): every read and change of it, each under its ``flock``."""
@@ -142,7 +146,7 @@ class CacheSize:
         with self._locked() as fd:
             r = self._read(fd)
             if r.bytes is not None and limit is not None and size > 0 and r.bytes + size > limit:
-                self._write(fd, r._replace(refused=max(r.refused, size)))
+                self._write(fd, r.with_refusal(size))
                 raise OverCap(f"{r.bytes} + {size} bytes > {limit}")
             yield
             # No pass yet: nothing held the fill back, but the totals count it.
@@ -186,14 +190,14 @@ class CacheSize:
             r = self._read(fd)
             if r.bytes is None or r.bytes + size <= limit:
                 return False
-            self._write(fd, r._replace(refused=max(r.refused, size)))
+            self._write(fd, r.with_refusal(size))
             return True
 
     def refuse(self, size: int) -> None:
         """Record a fill of ``size`` refused for another reason (the disk's own high watermark): the next pass makes room."""
         with self._locked() as fd:
             r = self._read(fd)
-            self._write(fd, r._replace(refused=max(r.refused, size)))
+            self._write(fd, r.with_refusal(size))
 
     def set_after_pass(self, scanned_bytes: int, scanned_files: int, freed_bytes: int, freed_files: int,
                        before: Reading) -> Reading:

@@ -56,7 +56,7 @@ from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
 from s3cache.ledger import CacheSize, OverCap, fill_limit
 from s3cache.redact import redact
-from s3cache.usage import UsageFn, statvfs_usage
+from s3cache.usage import FsUsage, UsageFn, statvfs_usage
 from sidecar import cors, hit_headers
 from sidecar.upstream import READ_ERRORS, Unreachable, Unsendable, Upstream, UpstreamError, is_timeout
 
@@ -432,7 +432,7 @@ class Filler:
             fs = self.disk_usage()
         except OSError:
             return False  # the write itself will say what is wrong with the disk
-        if fs.capacity <= 0 or 100.0 * (fs.used + size) / fs.capacity <= self.disk_high:
+        if FsUsage(used=fs.used + size, avail=fs.avail - size).percent <= self.disk_high:
             return False
         try:
             self.ledger.refuse(size)
