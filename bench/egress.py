@@ -43,6 +43,16 @@ def dollars_saved_per_tb(origin_per_client: float) -> float:
     return PRICE_PER_GB * 1000 * (1 - origin_per_client)
 
 
+def start_origin(ctx: Context, name: str, workload):
+    """An nginx origin under ``name`` serving ``workload``'s objects as sparse files (sizes matter, content not)."""
+    docroot = ctx.dir(f"{name}/origin-docroot")
+    (docroot / PREFIX).mkdir(exist_ok=True)
+    for i, size in enumerate(workload.sizes):
+        with open(docroot / _object_path(i), "wb") as fh:
+            fh.truncate(size)
+    return origin_nginx(ctx.dir(f"{name}/origin"), docroot).start()
+
+
 def _object_path(i: int) -> str:
     return f"{PREFIX}/obj-{i:05d}.bin"
 
@@ -144,12 +154,7 @@ def run(ctx: Context) -> dict:
     modes = ["redirect", "stream"]
     workload = zipf_lognormal_workload(objects, requests_n, alpha=0.9, seed=6)
     capacity = int(workload.working_set_bytes * CACHE_FRACTION)
-    docroot = ctx.dir("egress/origin-docroot")
-    (docroot / PREFIX).mkdir(exist_ok=True)
-    for i, size in enumerate(workload.sizes):
-        with open(docroot / _object_path(i), "wb") as fh:
-            fh.truncate(size)  # sparse: content does not matter, sizes do
-    origin = origin_nginx(ctx.dir("egress/origin"), docroot).start()
+    origin = start_origin(ctx, "egress", workload)
     try:
         real = [run_mode(ctx, origin, workload, capacity, mode, budget, overshoot) for mode in modes]
     finally:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from bench import egress, policysim, reference, traces
 from bench.common import Context
-from bench.servers import origin_nginx
 
 CAPACITIES = (0.01, 0.10, 0.30)
 # What the real stack replays: trace -> capacities.
@@ -141,12 +140,7 @@ def real(ctx: Context, objects: int, requests: int, budget: float, overshoot: fl
          capacities: tuple[float, ...] = CAPACITIES, trace: str = "zipf-0.9",
          extra: tuple[tuple[str, str, dict], ...] = ()) -> list[dict]:
     workload = traces.make(trace, objects, requests)
-    docroot = ctx.dir(f"policies/origin-docroot-{trace}")
-    (docroot / egress.PREFIX).mkdir(exist_ok=True)
-    for i, size in enumerate(workload.sizes):
-        with open(docroot / egress._object_path(i), "wb") as fh:
-            fh.truncate(size)
-    origin = origin_nginx(ctx.dir(f"policies/origin-{trace}"), docroot).start()
+    origin = egress.start_origin(ctx, f"policies/{trace}", workload)
     runs = [("redirect", DEFAULT, {}), ("stream", DEFAULT, {}),
             ("redirect", BASELINE, {"S3CACHE_EVICT_POLICY": "lru", "S3CACHE_ADMIT": "first"}), *extra]
     rows = []

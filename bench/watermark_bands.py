@@ -20,7 +20,6 @@ from pathlib import Path
 
 from bench import egress, traces
 from bench.common import Context
-from bench.servers import origin_nginx
 
 POINTS = (("zipf-0.9", 0.10), ("shifting", 0.30))
 
@@ -36,12 +35,7 @@ def main() -> None:
     print("trace      capacity  band   byte hit ratio  origin/client  fills")
     for trace, frac in POINTS:
         w = traces.make(trace, args.objects, args.requests)
-        docroot = ctx.dir(f"{trace}/docroot")
-        (docroot / egress.PREFIX).mkdir(exist_ok=True)
-        for i, size in enumerate(w.sizes):
-            with open(docroot / egress._object_path(i), "wb") as fh:
-                fh.truncate(size)
-        origin = origin_nginx(ctx.dir(f"{trace}/origin"), docroot).start()
+        origin = egress.start_origin(ctx, trace, w)
         try:
             for high, low in bands:
                 r = egress.run_mode(ctx, origin, w, int(w.working_set_bytes * frac), "stream", 240.0, 0.2,
