@@ -18,8 +18,6 @@ from typing import Iterable
 
 from evictor.report import Errors
 from s3cache import entries
-from s3cache.entries import remove_files
-from s3cache.objectlock import release, try_lock
 from s3cache.layout import Layout
 
 
@@ -39,41 +37,16 @@ def marks_for_object(layout: Layout, object_path: bytes) -> list[bytes]:
     return [os.fsencode(p) for p in layout.mark_paths_for_object_file(os.fsdecode(object_path))]
 
 
-def grants_for_object(layout: Layout, object_path: bytes) -> bytes:
-    return os.fsencode(layout.grant_dir_for_object_file(os.fsdecode(object_path)))
-
-
 def object_for_meta(layout: Layout, meta_path: bytes) -> bytes:
     return os.fsencode(layout.object_path_for_meta_file(os.fsdecode(meta_path)))
 
 
 def remove_object(layout: Layout, object_path: bytes, meta_path: bytes, errors: Errors,
                   mark_paths: Iterable[bytes] = ()) -> bool:
-    """Remove an object with its metadata, marks and grants; True if the object was ours to remove.
-
-    Under the entry's lock when the path names a key a fill could write
-    (anything else no fill ever touches); a locked entry is left alone.
-    """
+    """Remove an object with its metadata, marks and grants (``entries.remove_idle``); True if it was ours to remove."""
     def on_error(path, exc: OSError) -> None:
         errors.add(os.fsdecode(path), exc)
-
-    ref = layout.ref_for_object_file(os.fsdecode(object_path))
-    grant_dir = grants_for_object(layout, object_path)
-    try:
-        tmp = str(layout.temp_path(ref))
-    except UnicodeEncodeError:  # an undecodable name: no fill's
-        return remove_files(object_path, meta_path, mark_paths, on_error, grant_dir)
-    try:
-        fd = try_lock(tmp)
-    except OSError as exc:
-        errors.add(tmp, exc)
-        return False
-    if fd is None:
-        return False  # being filled (refreshed) right now: not a victim
-    try:
-        return remove_files(object_path, meta_path, mark_paths, on_error, grant_dir)
-    finally:
-        release(fd, tmp)
+    return entries.remove_idle(layout, object_path, on_error, meta_path, list(mark_paths))
 
 
 def prune_dirs(layout: Layout, dirs: Iterable[bytes]) -> int:

@@ -29,8 +29,8 @@ PathLike = os.PathLike | str
 Install = Callable[[str, str], None]
 
 
-def write(path: PathLike, text: str, *, temp: PathLike | None = None, install: Install = os.replace) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) whole or not at all; no temp file is left behind.
+def write(path: PathLike, text: str | bytes, *, temp: PathLike | None = None, install: Install = os.replace) -> None:
+    """Replace ``path`` with ``text`` (str as UTF-8, or bytes) whole or not at all; no temp file is left behind.
 
     ``install(temp, path)`` is the rename (``os.replace`` unless the caller
     needs its parents made first); whatever it or the write raises is raised.
@@ -38,7 +38,7 @@ def write(path: PathLike, text: str, *, temp: PathLike | None = None, install: I
     path = os.fspath(path)
     tmp = os.fspath(temp) if temp is not None else f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with (open(tmp, "wb") if isinstance(text, bytes) else open(tmp, "w", encoding="utf-8")) as fh:
             fh.write(text)
         install(tmp, path)
     except BaseException:

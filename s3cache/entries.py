@@ -8,7 +8,7 @@ else that changes an entry takes the same lock: a purge waits for it
 an entry whose fill is running.  So a purge racing a fill leaves either
 nothing or the new complete object with its metadata, never half of either.
 
-Removal (``remove_files``): the object goes first, its metadata, marks and
+Removal (``remove_files``; ``remove_idle`` for removals that pick victims by file): the object goes first, its metadata, marks and
 grants (``s3cache.grants``) second: a crash in between leaves an orphaned metadata file or mark (swept by
 the evictor), never a served object without its metadata.  An object being
 served when it is unlinked finishes its response.
@@ -62,6 +62,37 @@ def remove_files(object_path, meta_path, mark_paths: Iterable = (),
     if grant_dir is not None:
         grants.remove_dir(grant_dir)
     return True
+
+
+def remove_idle(layout: Layout, object_path: bytes, on_error: Callable[[object, OSError], None],
+                meta_path: bytes | None = None, mark_paths: Iterable[bytes] | None = None) -> bool:
+    """Remove an object file's entry unless a fill holds its lock; True if the object was there to remove.
+
+    The removal of whoever picks victims by file (the evictor's pass, a fill making room from
+    ``s3cache.victims``): an entry being filled (refreshed) right now is not a victim.  Under the
+    entry's lock when the path names a key a fill could write (anything else no fill ever touches).
+    """
+    name = os.fsdecode(object_path)
+    if meta_path is None:
+        meta_path = os.fsencode(layout.meta_path_for_object_file(name))
+    if mark_paths is None:
+        mark_paths = [os.fsencode(p) for p in layout.mark_paths_for_object_file(name)]
+    grant_dir = os.fsencode(layout.grant_dir_for_object_file(name))
+    try:
+        tmp = str(layout.temp_path(layout.ref_for_object_file(name)))
+    except UnicodeEncodeError:  # an undecodable name: no fill's
+        return remove_files(object_path, meta_path, mark_paths, on_error, grant_dir)
+    try:
+        fd = objectlock.try_lock(tmp)
+    except OSError as exc:
+        on_error(tmp, exc)
+        return False
+    if fd is None:
+        return False
+    try:
+        return remove_files(object_path, meta_path, mark_paths, on_error, grant_dir)
+    finally:
+        objectlock.release(fd, tmp)
 
 
 @dataclass(frozen=True)
