@@ -52,6 +52,9 @@ class PassSummary:
     max_bytes: int | None = None
     target_reached: bool = True   # False: even the whole cache could not bring usage below LOW
     refused_bytes: int = 0        # the largest fill refused since the last pass: room was made for it too
+    next_victims: int = 0         # objects listed for fills to remove next (s3cache.victims)
+    fill_evicted_files: int = 0   # objects fills removed from the last pass's list, to make room
+    fill_evicted_bytes: int = 0
     log_lines: int = 0            # access-log lines read this pass
     log_hits: int = 0             # distinct objects those lines hit
     atimes_refreshed: int = 0     # of which the atime was moved forward
@@ -80,6 +83,10 @@ class PassSummary:
         ]
         if self.refused_bytes:
             parts.append(f"refused_fill={self.refused_bytes} bytes")
+        if self.fill_evicted_files:
+            parts.append(f"fill_evicted={self.fill_evicted_files} files/{self.fill_evicted_bytes} bytes")
+        if self.next_victims:
+            parts.append(f"next_victims={self.next_victims} files")
         if not self.target_reached:
             parts.append("target=unreachable (the disk is full of more than the cache)")
         if self.errors:

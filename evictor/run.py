@@ -9,21 +9,23 @@ even atimes or the log cursor) and takes no lock.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import operator
 import os
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from evictor import accesslog, adaptive
 from evictor.housekeeping import (GRACE_SECONDS, OnRemove, prune_grant_dirs, remove_orphan_metas, sweep_grants,
                                   sweep_temp)
-from evictor.policy import bytes_to_free, frequency_keys, key_estimate, lru_order
+from evictor.policy import Need, bytes_to_free, frequency_keys, key_estimate, lru_order
 from s3cache.usage import FsUsage, UsageFn, statvfs_usage, usage_percent
 from evictor.remove import marks_for_object, meta_for_object, prune_dirs, remove_object
 from evictor.report import Errors, PassSummary, write_pass
 from evictor.scan import PassAborted, scan
 from s3cache.config import Config
 from s3cache.layout import Layout
+from s3cache import victims
 from s3cache.ledger import CacheSize, Reading
 from s3cache.sketch import WINDOW_MIN, WINDOW_PER_OBJECT, FrequencySketch, file_key
 
@@ -72,6 +74,19 @@ def _duel(layout: Layout, config: Config, log: accesslog.LogRead, sketch: Freque
         except OSError as exc:
             errors.add("writing run/adaptive.json", exc)
     return chosen
+
+
+def _publish_victims(layout: Layout, table, order: Iterator[int], share: int, objects_dir: bytes) -> int:
+    """Write the next ``share`` bytes of ``order`` as the list fills make room from; how many objects it names."""
+    def upto_share() -> Iterator[victims.Victim]:
+        listed = 0
+        for n, i in enumerate(order):
+            if listed >= share or n >= victims.MAX_FILES:
+                return
+            listed += table.size[i]
+            yield victims.Victim(table.path(i)[len(objects_dir) + 1:], table.size[i], table.alloc[i],
+                                 table.atime_ns[i])
+    return victims.Victims(layout).publish(upto_share())
 
 
 class PassBusy(Exception):
@@ -162,11 +177,19 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
         freed_size = freed_alloc = 0
         keys = None
         boundary = 0  # the highest frequency removed: what a newcomer must beat (S3CACHE_ADMIT=tinylfu)
-        if need is not None:
+        # Near the limit, the pass also lists what would go next: fills make room from it (s3cache.victims).
+        listing = not dry_run and (need is not None or summary.usage_percent_before >= config.evict_low)
+        next_share = int(victims.SHARE * result.bytes) if listing else 0
+        order = carried = None
+        if need is not None or listing:
             if order_by == "lfu":
                 keys = frequency_keys(table, sketch, objects_dir)
-            for n, i in enumerate(lru_order(table, need, result.bytes, result.alloc_bytes, keys)):
+            wanted = Need(size=(need.size if need else 0) + next_share, alloc=need.alloc if need else 0)
+            order = lru_order(table, wanted, result.bytes, result.alloc_bytes, keys)
+        if need is not None:
+            for n, i in enumerate(order):
                 if need.met_by(freed_size, freed_alloc):
+                    carried = i  # the first not taken: the head of the next victims
                     break
                 if should_stop is not None and n % 1000 == 999 and should_stop():
                     raise PassAborted()
@@ -183,6 +206,17 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                     freed_size += table.size[i]
                     freed_alloc += table.alloc[i]
                     emptied.update((os.path.dirname(path), os.path.dirname(meta), *map(os.path.dirname, marks)))
+        if not dry_run:
+            try:
+                by_fills = victims.Victims(layout).freed()  # what fills took from the last list
+                summary.fill_evicted_files, summary.fill_evicted_bytes = by_fills.files, by_fills.size
+                if listing:
+                    rest = order if carried is None else itertools.chain((carried,), order)
+                    summary.next_victims = _publish_victims(layout, table, rest, next_share, objects_dir)
+                else:
+                    victims.Victims(layout).clear()
+            except OSError as exc:
+                errors.add("writing run/next-victims", exc)
         summary.evicted_bytes = freed_size
         if not dry_run and summary.evicted_files and sketch is not None:
             sketch.boundary = boundary

@@ -132,6 +132,7 @@ class Layout:
         self.sketch_file = self.run_dir / "frequency.sketch"  # s3cache.sketch: requests per object, lately
         self.adaptive_file = self.run_dir / "adaptive.json"  # evictor.adaptive: the policy duel's shadow caches
         self.cache_bytes_file = self.run_dir / "cache-bytes"  # s3cache.ledger: the cache's bytes and files between passes
+        self.victims_file = self.run_dir / "next-victims"  # s3cache.victims: what a fill may remove to make room
 
     def ensure(self) -> None:
         for d in (self.objects_dir, self.meta_dir, *self.mark_dirs.values(), self.grants_dir, self.tmp_dir, self.run_dir,

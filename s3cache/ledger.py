@@ -16,8 +16,10 @@ process it runs (the sidecar, ``s3cache warm``, ``s3cache purge``):
 So the live size the status page, the metrics and ``s3cache stats`` show
 (``sidecar.collector``) is one read of this record, never a walk.
 
-A refused fill must not wait for usage to cross HIGH by itself (refusals
-keep it below HIGH for ever): the largest refused size since the last pass
+A fill that would cross the cap first removes the evictor's next victims
+(``s3cache.victims``), under the same lock, and is refused only if that is
+not room enough.  A refused fill must not wait for usage to cross HIGH by
+itself (refusals keep it below HIGH for ever): the largest refused size since the last pass
 is kept too, and the next pass frees room for it (``evictor.policy``),
 brought forward by the refusal (``evictor.__main__``).  A fill the disk's
 own high watermark refused (``sidecar.fill``) is recorded the same way.
@@ -49,6 +51,10 @@ from typing import Callable, Iterator, NamedTuple
 
 _FMT = "<qqqqqqq"
 _SIZE = struct.calcsize(_FMT)
+
+
+# make_room(bytes, allocated bytes) -> what it freed: (bytes, allocated bytes, objects).
+MakeRoom = Callable[[int, int], "tuple[int, int, int]"]
 
 
 class OverCap(Exception):
@@ -135,17 +141,27 @@ class CacheSize:
             os.close(fd)
 
     @contextmanager
-    def adding(self, size: int, limit: int | None, files: int = 1) -> Iterator[None]:
+    def adding(self, size: int, limit: int | None, files: int = 1, make_room: MakeRoom | None = None,
+               disk_excess: int = 0) -> Iterator[None]:
         """Hold the ledger while the caller installs ``size`` more bytes in ``files`` more objects (0: a replacement);
         counted when the block ends without error.
 
-        Raises ``OverCap`` (and records the refusal) instead when that would take the cache above
-        ``limit``.  Check, install and count under one lock: a pass reading the totals sees an
-        object either counted and in place, or neither.
+        When that would take the cache above ``limit``, or the disk is ``disk_excess`` allocated bytes
+        above its own high watermark, ``make_room(bytes, alloc)`` first removes what it can
+        (``s3cache.victims``), counted here.  Raises ``OverCap`` (and records the refusal) when the
+        cache would still cross ``limit``.  Check, removals, install and count under one lock: a pass
+        reading the totals sees an object either counted and in place, or neither.
         """
         with self._locked() as fd:
             r = self._read(fd)
-            if r.bytes is not None and limit is not None and size > 0 and r.bytes + size > limit:
+            over = r.bytes + size - limit if r.bytes is not None and limit is not None and size > 0 else 0
+            if make_room is not None and (over > 0 or disk_excess > 0):
+                freed_bytes, _, freed_files = make_room(max(0, over), max(0, disk_excess))
+                if freed_files:
+                    r = r.with_change(-freed_bytes, -freed_files)
+                    self._write(fd, r)
+                    over -= freed_bytes
+            if over > 0:
                 self._write(fd, r.with_refusal(size))
                 raise OverCap(f"{r.bytes} + {size} bytes > {limit}")
             yield
@@ -182,13 +198,14 @@ class CacheSize:
         finally:
             os.close(fd)  # releases the lock
 
-    def would_refuse(self, size: int, limit: int | None) -> bool:
-        """Whether ``try_add`` would refuse ``size`` now (recorded as a refusal if so); counts nothing."""
+    def would_refuse(self, size: int, limit: int | None, room: int = 0) -> bool:
+        """Whether ``try_add`` would refuse ``size`` now, with ``room`` bytes a fill could free first
+        (``s3cache.victims``); recorded as a refusal if so.  Counts nothing."""
         if limit is None:
             return False
         with self._locked() as fd:
             r = self._read(fd)
-            if r.bytes is None or r.bytes + size <= limit:
+            if r.bytes is None or r.bytes + size - room <= limit:
                 return False
             self._write(fd, r.with_refusal(size))
             return True

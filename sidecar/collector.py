@@ -175,8 +175,9 @@ class Collector:
         for p in passes:
             if p["finished_at"] > self._newest_pass and not p.get("dry_run"):
                 self.evictions["passes"] += 1
-                self.evictions["evicted_files"] += int(p.get("evicted_files") or 0)
-                self.evictions["evicted_bytes"] += int(p.get("evicted_bytes") or 0)
+                # A pass reports what fills removed from its list since the last one (s3cache.victims) too.
+                self.evictions["evicted_files"] += int(p.get("evicted_files") or 0) + int(p.get("fill_evicted_files") or 0)
+                self.evictions["evicted_bytes"] += int(p.get("evicted_bytes") or 0) + int(p.get("fill_evicted_bytes") or 0)
                 self._newest_pass = p["finished_at"]
         self._passes = passes
 
@@ -306,8 +307,8 @@ class Collector:
 
     def _evictor(self) -> dict:
         keys = ("started_at", "finished_at", "duration_seconds", "scanned_files", "bytes_before", "bytes_after",
-                "evicted_files", "evicted_bytes", "usage_percent_before", "usage_percent_after", "target_reached",
-                "errors")
+                "evicted_files", "evicted_bytes", "fill_evicted_files", "fill_evicted_bytes", "usage_percent_before",
+                "usage_percent_after", "target_reached", "errors")
         recent = [{k: p.get(k) for k in keys} for p in reversed(self._passes[-PASSES_SHOWN:])]
         return {"since_start": dict(self.evictions), "recent_passes": recent,
                 "last_pass_at": self._passes[-1]["finished_at"] if self._passes else None}

@@ -17,7 +17,10 @@ The protocol, shared with the evictor through ``s3cache.layout``:
    file, so the temp path (and with it the lock) stays until the metadata and
    marks are in place: a purge (``s3cache.entries``) waiting on the lock never
    sees an object without its metadata.  The change in size (bytes, and a
-   file for a new object) is counted in ``s3cache.ledger`` as the object goes in.
+   file for a new object) is counted in ``s3cache.ledger`` as the object goes in;
+   a fill that would cross the cap or the disk's high watermark removes the
+   evictor's next victims first (``s3cache.victims``), and is not cached only
+   when they are not room enough.
 
 The request to S3 goes through ``sidecar.upstream`` (the target byte for byte,
 as the client sent it), and the whole fetch has a deadline derived from its
@@ -55,6 +58,7 @@ from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
 from s3cache.ledger import CacheSize, OverCap, fill_limit
+from s3cache.victims import Victims
 from s3cache.redact import redact
 from s3cache.usage import FsUsage, UsageFn, statvfs_usage
 from sidecar import cors, hit_headers
@@ -153,6 +157,8 @@ class Filler:
         self.disk_high = disk_high
         self.disk_usage = disk_usage or statvfs_usage(layout.root)
         self.ledger = CacheSize(layout.cache_bytes_file)
+        # The evictor's next victims: what a fill over either limit removes first, rather than be refused.
+        self.victims = Victims(layout)
         self.timeout = timeout
         self.max_object_bytes = max_object_bytes
         self.min_rate = min_rate  # bytes/s a fill must average (S3CACHE_FILL_MIN_RATE)
@@ -420,11 +426,13 @@ class Filler:
         return self.upstream.request("GET", url, headers=headers, connect_timeout=self.timeout,
                                      read_timeout=self.timeout)
 
-    def _disk_would_cross(self, size: int) -> bool:
-        """Whether ``size`` more bytes would take the filesystem above ``disk_high`` (recorded as a refusal if so).
+    def _disk_would_cross(self, size: int, room: int = 0) -> bool:
+        """Whether ``size`` more bytes would take the filesystem above ``disk_high`` even with ``room`` allocated
+        bytes freed first (the evictor's next victims); recorded as a refusal if so.
 
         Asked once per fill, before its body is fetched: fills running together may overshoot by what
-        they hold between them, as other writers to the disk may; the next pass takes it back.
+        they hold between them, as other writers to the disk may; the commit makes room for what it
+        finds (``_disk_excess``), the next pass for the rest.
         """
         if self.disk_high is None:
             return False
@@ -432,13 +440,23 @@ class Filler:
             fs = self.disk_usage()
         except OSError:
             return False  # the write itself will say what is wrong with the disk
-        if FsUsage(used=fs.used + size, avail=fs.avail - size).percent <= self.disk_high:
+        if FsUsage(used=fs.used + size - room, avail=fs.avail - size + room).percent <= self.disk_high:
             return False
         try:
             self.ledger.refuse(size)
         except OSError:
             pass  # a full disk may refuse the ledger too; the next scheduled pass still comes
         return True
+
+    def _disk_excess(self) -> int:
+        """Allocated bytes the filesystem holds above ``disk_high`` now (a finished fill's body included)."""
+        if self.disk_high is None:
+            return 0
+        try:
+            fs = self.disk_usage()
+        except OSError:
+            return 0
+        return max(0, fs.used - int(fs.capacity * self.disk_high / 100.0))
 
     def _check(self, resp: urllib3.BaseHTTPResponse) -> tuple[int, str | None]:
         """(expected length, expected MD5 or None) of a response we may cache; FillFailed if not."""
@@ -451,11 +469,12 @@ class Filler:
         expected = int(length)
         if self.max_object_bytes is not None and expected > self.max_object_bytes:
             raise FillFailed("too-large", f"{expected} > S3CACHE_MAX_OBJECT_BYTES")
+        # Before the body is read: a fill either limit would refuse at commit is not worth its egress.
+        room = self.victims.available()
         if self.cap is not None:
-            # Before the body is read: a fill the cap would refuse at commit is not worth its egress.
-            if self.ledger.would_refuse(expected, self.cap):
+            if self.ledger.would_refuse(expected, self.cap, room.size):
                 raise FillFailed("over-cap", f"{expected} more bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
-        if self._disk_would_cross(expected):
+        if self._disk_would_cross(expected, room.alloc):
             raise FillFailed("over-disk", f"{expected} more bytes would take the disk above "
                                           f"S3CACHE_EVICT_HIGH ({self.disk_high:g}%)")
         if "x-amz-server-side-encryption-customer-algorithm" in headers:
@@ -545,7 +564,9 @@ class Filler:
         try:
             # Checked, installed and counted under the ledger's lock: a burst of fills cannot overshoot,
             # and a pass never reads a total that lacks an object already in place.
-            with self.ledger.adding(delta, limit, files=0 if old_size is not None else 1):
+            # Over either limit, the evictor's next victims go first (s3cache.victims).
+            with self.ledger.adding(delta, limit, files=0 if old_size is not None else 1,
+                                    make_room=self.victims.take, disk_excess=self._disk_excess()):
                 # The object's mark goes in before the object, so that no open-mode hit serves it without
                 # its headers; marks of another kind (a replaced object's) go after.
                 kind = hit_headers.mark_kind(ref.key, headers)

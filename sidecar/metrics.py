@@ -122,9 +122,11 @@ def render(snap: dict) -> str:
     ev = snap["evictor"]
     fam("s3cache_eviction_passes_total", "counter", "Eviction passes finished since the sidecar started.",
         [({}, ev["since_start"]["passes"])])
-    fam("s3cache_evicted_files_total", "counter", "Objects evicted since the sidecar started.",
+    fam("s3cache_evicted_files_total", "counter",
+        "Objects evicted since the sidecar started (by passes, and by fills making room from their lists).",
         [({}, ev["since_start"]["evicted_files"])])
-    fam("s3cache_evicted_bytes_total", "counter", "Bytes evicted since the sidecar started.",
+    fam("s3cache_evicted_bytes_total", "counter",
+        "Bytes evicted since the sidecar started (by passes, and by fills making room from their lists).",
         [({}, ev["since_start"]["evicted_bytes"])])
     fam("s3cache_eviction_last_pass_timestamp_seconds", "gauge", "When the last eviction pass finished.",
         [({}, ev["last_pass_at"])])

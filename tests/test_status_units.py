@@ -284,7 +284,7 @@ def snapshot(tmp_path, layout):
     passes = [{"started_at": now - 100, "finished_at": c.started_at - 50, "evicted_files": 9, "evicted_bytes": 9},
               {"started_at": now, "finished_at": now + 0.5, "duration_seconds": 0.5, "scanned_files": 5,
                "bytes_before": 6000, "bytes_after": 5000, "evicted_files": 1, "evicted_bytes": 1000,
-               "usage_percent_before": 50.0, "usage_percent_after": 40.0, "errors": 0}]
+               "fill_evicted_files": 2, "fill_evicted_bytes": 700, "usage_percent_before": 50.0, "usage_percent_after": 40.0, "errors": 0}]
     (layout.run_dir / "evictor-passes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passes))
     CacheSize(layout.cache_bytes_file).set_after_pass(6000, 5, 1000, 1, Reading())  # the last pass's word
     c.count_miss(True)
@@ -303,8 +303,9 @@ def test_snapshot_gathers_every_source(snapshot):
     assert snapshot["fills"]["failed_by_reason"] == {"status-403": 1}
     assert snapshot["fills"]["duration_seconds"]["count"] == 2
     assert snapshot["sidecar_misses"] == {"fill": 1, "redirect": 1}
-    # Only passes finished since the sidecar started count; the cache's size is the last pass's.
-    assert snapshot["evictor"]["since_start"] == {"passes": 1, "evicted_files": 1, "evicted_bytes": 1000}
+    # Only passes finished since the sidecar started count, with what fills removed from their lists;
+    # the cache's size is the last pass's.
+    assert snapshot["evictor"]["since_start"] == {"passes": 1, "evicted_files": 3, "evicted_bytes": 1700}
     assert snapshot["disk"]["cache_bytes"] == 5000 and snapshot["disk"]["cache_files"] == 4
     assert snapshot["disk"]["usage_percent"] >= 0.5
     json.dumps(snapshot)  # served as JSON as it is
@@ -322,7 +323,7 @@ def test_metrics_parse_with_the_reference_parser_and_match_the_snapshot(snapshot
     assert samples[("s3cache_fill_duration_seconds_bucket", (("le", "0.05"),))] == 1
     assert samples[("s3cache_fill_duration_seconds_bucket", (("le", "+Inf"),))] == 2
     assert samples[("s3cache_fill_duration_seconds_count", ())] == 2
-    assert samples[("s3cache_evicted_bytes_total", ())] == 1000
+    assert samples[("s3cache_evicted_bytes_total", ())] == 1700  # the pass's and its list's (s3cache.victims)
     assert samples[("s3cache_cache_files", ())] == 4
     assert samples[("s3cache_max_bytes", ())] == 1_000_000
     assert samples[("s3cache_evict_watermark_percent", (("mark", "high"),))] == 90
