@@ -19,6 +19,7 @@ module hands it, the sidecar's fills, the evictor) goes through here.
       run/frequency.sketch     how often each object was asked for lately (s3cache.sketch)
       run/adaptive.json        which eviction order wins lately: the shadow caches (evictor.adaptive)
       run/cache-bytes          the cache's bytes and files, kept by fills, removals and passes (s3cache.ledger)
+      run/next-victims         what a pass would remove next, for fills to make room from (s3cache.victims)
       logs/access.log          Caddy's JSON access log (rolled beside it as access-*.log)
 
 ``tmp``, ``meta``, ``marks`` and ``grants`` are siblings of ``objects`` on the same filesystem, so the
