@@ -25,18 +25,20 @@ brought forward by the refusal (``evictor.__main__``).  A fill the disk's
 own high watermark refused (``sidecar.fill``) is recorded the same way.
 
 Every pass sets bytes and files anew: its scan, minus its removals, plus what
-fills and removals changed while it walked.  Signed running totals of those
-changes tell: the pass reads them before its walk and adds their growth at its
-end.  A change the walk also saw is then counted twice (a fill added twice, a
-removal subtracted twice) until the next pass measures again.  Until the first
-pass there is no figure and fills are not held back (the totals still count
-every change, so the first pass misses none).
+fills added while it walked.  Signed running totals of the changes tell: the
+pass reads them before its walk and adds their growth at its end.  A fill the
+walk also saw is then counted twice until the next pass measures again.  A
+removal while it walked is not subtracted (running totals of removals tell it
+apart): subtracting one the walk never saw would count it twice the other way,
+and let fills take the cache above the cap.  Both errors hold fills back, never
+let them through.  Until the first pass there is no figure and fills are not
+held back (the totals still count every change, so the first pass misses none).
 
-The record is seven little-endian 64-bit integers, in ``Reading``'s order:
+The record is nine little-endian 64-bit integers, in ``Reading``'s order:
 bytes and files (-1: no figure yet), the running totals of bytes and files
 changed, the running count of changes, that count when the last pass started
-(so the changes since it are known), and the largest fill refused since the
-last pass.  Each write is one ``pwrite`` of the whole record under the lock.
+(so the changes since it are known), the largest fill refused since the
+last pass, and the running totals of bytes and files removed.  Each write is one ``pwrite`` of the whole record under the lock.
 A shorter record (an older format's) reads as no figure and no change yet:
 the next pass writes it whole.
 """
@@ -49,7 +51,7 @@ import struct
 from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple
 
-_FMT = "<qqqqqqq"
+_FMT = "<qqqqqqqqq"
 _SIZE = struct.calcsize(_FMT)
 
 
@@ -69,6 +71,8 @@ class Reading(NamedTuple):
     changes: int = 0          # running count of those fills and removals
     changes_at_pass: int = 0  # ``changes`` when the last pass started
     refused: int = 0          # the largest fill refused since the last pass
+    removed_bytes: int = 0    # running total of the bytes removals outside the evictor took away (in changed_bytes too)
+    removed_files: int = 0    # the same for objects
 
     @property
     def changes_since_pass(self) -> int | None:
@@ -82,6 +86,11 @@ class Reading(NamedTuple):
             files=None if self.files is None else max(0, self.files + files_delta),
             changed_bytes=self.changed_bytes + bytes_delta, changed_files=self.changed_files + files_delta,
             changes=self.changes + 1)
+
+    def with_removal(self, size: int, files: int) -> "Reading":
+        """This record with ``size`` bytes in ``files`` objects removed (a purge, a fill making room)."""
+        return self.with_change(-size, -files)._replace(removed_bytes=self.removed_bytes + size,
+                                                        removed_files=self.removed_files + files)
 
     def with_refusal(self, size: int) -> "Reading":
         """This record with a fill of ``size`` refused (the largest since the last pass is what it keeps)."""
@@ -158,7 +167,7 @@ class CacheSize:
             if make_room is not None and (over > 0 or disk_excess > 0):
                 freed_bytes, _, freed_files = make_room(max(0, over), max(0, disk_excess))
                 if freed_files:
-                    r = r.with_change(-freed_bytes, -freed_files)
+                    r = r.with_removal(freed_bytes, freed_files)
                     self._write(fd, r)
                     over -= freed_bytes
             if over > 0:
@@ -191,7 +200,7 @@ class CacheSize:
             removed = remove()
             if removed:
                 try:
-                    self._write(fd, self._read(fd).with_change(-size, -1))
+                    self._write(fd, self._read(fd).with_removal(size, 1))
                 except OSError:  # the object is gone all the same; the next pass measures
                     pass
             return removed
@@ -218,11 +227,18 @@ class CacheSize:
 
     def set_after_pass(self, scanned_bytes: int, scanned_files: int, freed_bytes: int, freed_files: int,
                        before: Reading) -> Reading:
-        """The pass's word: its scan, minus its removals, plus what changed since it read ``before``."""
+        """The pass's word: its scan, minus its removals, plus what fills added since it read ``before``.
+
+        Removals since then are not subtracted: the walk may not have seen those objects, and
+        subtracting one twice would let fills take the cache above the cap.  Counted as still
+        there until the next pass measures, they only hold fills back.
+        """
         with self._locked() as fd:
             now = self._read(fd)
-            r = now._replace(bytes=max(0, scanned_bytes - freed_bytes + now.changed_bytes - before.changed_bytes),
-                             files=max(0, scanned_files - freed_files + now.changed_files - before.changed_files),
+            added_bytes = now.changed_bytes - before.changed_bytes + now.removed_bytes - before.removed_bytes
+            added_files = now.changed_files - before.changed_files + now.removed_files - before.removed_files
+            r = now._replace(bytes=max(0, scanned_bytes - freed_bytes + added_bytes),
+                             files=max(0, scanned_files - freed_files + added_files),
                              changes_at_pass=before.changes,
                              refused=0)  # the refusals it was told of are answered
             self._write(fd, r)

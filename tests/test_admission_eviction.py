@@ -284,7 +284,7 @@ def test_fills_before_and_during_the_first_pass_are_never_lost(tmp_path):
     assert not ledger.try_add(400, 1000)       # 700 + 400 > 1000
 
 
-def test_changes_while_a_pass_walks_are_added_to_its_measure(tmp_path):
+def test_fills_while_a_pass_walks_are_added_to_its_measure_and_removals_wait_for_the_next(tmp_path):
     ledger = CacheSize(tmp_path / "cache-bytes")
     ledger.set_after_pass(1000, 4, 0, 0, Reading())
     ledger.try_add(50, None)
@@ -292,11 +292,27 @@ def test_changes_while_a_pass_walks_are_added_to_its_measure(tmp_path):
     assert ledger.removing(300, lambda: True)  # ... a purge of a file the walk already counted
     ledger.try_add(20, None, files=0)          # ... a refresh: 20 bytes more, no new file
     assert not ledger.removing(99, lambda: False)  # ... a purge that found nothing: nothing changes
+    assert ledger.read()[:2] == (1050 - 300 + 20, 5 - 1)  # live: every change counted at once
     after = ledger.set_after_pass(1050, 5, 100, 1, before)  # the pass evicted one file of 100 bytes
-    assert after[:2] == (1050 - 100 - 300 + 20, 5 - 1 - 1)
+    # The purge is not subtracted from the pass's word (the walk may not have seen the file): counted
+    # as still there until the next pass measures, it holds fills back, never lets them through.
+    assert after[:2] == (1050 - 100 + 20, 5 - 1)
     assert after.changes_since_pass == 2       # the purge and the refresh: since the pass started
     ledger.try_add(7, None)
-    assert ledger.read().changes_since_pass == 3 and ledger.read()[:2] == (677, 4)
+    assert ledger.read().changes_since_pass == 3 and ledger.read()[:2] == (977, 5)
+
+
+def test_a_removal_the_walk_never_saw_is_not_subtracted_twice(tmp_path):
+    # 1000 bytes in 4 objects; a fill makes room by removing a 300-byte victim before the walk reaches
+    # it: the walk finds 700 bytes.  Subtracting the removal again would say 400 and let 600 bytes of
+    # fills past a 1000-byte limit.
+    ledger = CacheSize(tmp_path / "cache-bytes")
+    ledger.set_after_pass(1000, 4, 0, 0, Reading())
+    before = ledger.read()
+    assert ledger.removing(300, lambda: True)
+    after = ledger.set_after_pass(700, 3, 0, 0, before)
+    assert after[:2] == (700, 3)               # the true size
+    assert not ledger.try_add(301, 1000)
 
 
 def test_an_older_shorter_record_reads_as_no_figure_yet(tmp_path):
