@@ -375,6 +375,57 @@ def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
     assert CacheSize(stack.layout.cache_bytes_file).read()[:2] == (on_disk, len(cached))
 
 
+def _bucket_bytes(stack) -> int:
+    total = 0
+    for d, _, files in os.walk(stack.object_file(BUCKET, "x").parent):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_size
+            except FileNotFoundError:  # removed while we walked
+                pass
+    return total
+
+
+@pytest.mark.integration
+def test_the_cap_holds_while_fills_make_room_from_the_next_victims(origin, make_stack):
+    # Between LOW and HIGH a pass lists its next victims; a burst of new fills then removes them to
+    # make room while refusals bring passes forward.  However those interleave, the cache on disk
+    # must stay within the cap (HIGH plus one object in flight) and the ledger must never say less.
+    origin.ensure_bucket(BUCKET)
+    s3 = origin.s3()
+    cap = 10 * OBJECT_BYTES  # HIGH 90%: 9 objects; LOW 50%
+    stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_MAX_BYTES=str(cap), S3CACHE_EVICT_INTERVAL="1",
+                       S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="50", S3CACHE_FILL_WORKERS="8",
+                       S3CACHE_ADMIT="first", S3CACHE_EVICT_POLICY="lru")
+    old, new = [f"old-{i}" for i in range(7)], [f"new-{i:02d}" for i in range(30)]
+    for k in old + new:
+        s3.put_object(Bucket=BUCKET, Key=k, Body=os.urandom(OBJECT_BYTES))
+    for k in old:  # 70% of the cap: at or above LOW, so every pass lists victims
+        stack.get(stack.proxied(origin.presign(BUCKET, k)))
+        stack.wait_cached(BUCKET, k)
+    wait_until(lambda: stack.layout.victims_file.exists(), timeout=30, what="a pass to list the next victims")
+    seen, done = [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            seen.append(_bucket_bytes(stack))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=stack.get, args=(stack.proxied(origin.presign(BUCKET, k)),)) for k in new]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wait_until(lambda: stack.fills_finished() >= len(old) + len(new), timeout=60, what="every fill to end")
+    done.set()
+    sampler.join(10)
+    assert seen and max(seen) <= cap, max(seen)
+    on_disk = _bucket_bytes(stack)
+    assert on_disk <= fill_limit(cap, 90)
+    assert CacheSize(stack.layout.cache_bytes_file).read().bytes >= on_disk
+
+
 # -- what admission saved, on the status page and in the metrics -----------------------------------
 
 
