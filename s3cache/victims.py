@@ -28,6 +28,7 @@ hold the ledger's lock, advance the header with one ``pwrite``.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -107,7 +108,8 @@ class Victims:
             total_size += v.size
             total_alloc += v.alloc
             n += 1
-        atomic.write(self.path, _HEADER.pack(_MAGIC, _HEADER.size, total_size, 0, total_alloc, 0, 0, 0, 0) + bytes(body))
+        header = _HEADER.pack(_MAGIC, _HEADER.size, total_size, 0, total_alloc, 0, 0, 0, 0)
+        atomic.write(self.path, header + bytes(body))
         return n
 
     def clear(self) -> None:
@@ -161,19 +163,22 @@ class Victims:
             if magic != _MAGIC:
                 return Freed()
             freed_size = freed_alloc = files = 0
-            for offset, v_size, v_alloc, v_atime, rel in _records(fd, offset):
-                taken_size += v_size
-                taken_alloc += v_alloc
-                if _safe_rel(rel):
-                    got = self._remove(rel, v_size, v_atime, on_error)
-                    if got is not None:
-                        freed_size += v_size
-                        freed_alloc += got
-                        files += 1
-                if freed_size >= size and freed_alloc >= alloc:
-                    break
-            so_far = (before[0] + freed_size, before[1] + freed_alloc, before[2] + files)
-            os.pwrite(fd, _HEADER.pack(_MAGIC, offset, total_size, taken_size, total_alloc, taken_alloc, *so_far), 0)
+            try:
+                for offset, v_size, v_alloc, v_atime, rel in _records(fd, offset):
+                    taken_size += v_size
+                    taken_alloc += v_alloc
+                    if _safe_rel(rel):
+                        got = self._remove(rel, v_size, v_atime, on_error)
+                        if got is not None:
+                            freed_size += v_size
+                            freed_alloc += got
+                            files += 1
+                    if freed_size >= size and freed_alloc >= alloc:
+                        break
+                so_far = (before[0] + freed_size, before[1] + freed_alloc, before[2] + files)
+                os.pwrite(fd, _HEADER.pack(_MAGIC, offset, total_size, taken_size, total_alloc, taken_alloc, *so_far), 0)
+            except OSError as exc:  # what was removed is still counted; the next take skips what is gone
+                on_error(self.path, exc)
             return Freed(freed_size, freed_alloc, files)
         finally:
             os.close(fd)
@@ -185,7 +190,7 @@ class Victims:
             st = os.lstat(path)
         except OSError:
             return None
-        if not (st.st_mode & 0o170000 == 0o100000) or st.st_size != size or st.st_atime_ns != atime_ns:
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_atime_ns != atime_ns:
             return None  # read, replaced or something else since the pass: not the victim it chose
         if not entries.remove_idle(self.layout, path, on_error):
             return None
