@@ -76,7 +76,8 @@ def _duel(layout: Layout, config: Config, log: accesslog.LogRead, sketch: Freque
     return chosen
 
 
-def _publish_victims(layout: Layout, table, order: Iterator[int], share: int, objects_dir: bytes) -> int:
+def _publish_victims(layout: Layout, table, order: Iterator[int], share: int, objects_dir: bytes,
+                     estimate: Callable[[int, bytes], int]) -> int:
     """Write the next ``share`` bytes of ``order`` as the list fills make room from; how many objects it names."""
     def upto_share() -> Iterator[victims.Victim]:
         listed = 0
@@ -84,9 +85,19 @@ def _publish_victims(layout: Layout, table, order: Iterator[int], share: int, ob
             if listed >= share or n >= victims.MAX_FILES:
                 return
             listed += table.size[i]
-            yield victims.Victim(table.path(i)[len(objects_dir) + 1:], table.size[i], table.alloc[i],
-                                 table.atime_ns[i])
+            path = table.path(i)
+            yield victims.Victim(path[len(objects_dir) + 1:], table.size[i], table.alloc[i], table.atime_ns[i],
+                                 estimate(i, path))
     return victims.Victims(layout).publish(upto_share())
+
+
+def _estimator(keys, sketch: FrequencySketch | None, objects_dir: bytes) -> Callable[[int, bytes], int]:
+    """Each listed victim's frequency estimate, as the pass's own removals take it for the boundary."""
+    if keys is not None:
+        return lambda i, path: key_estimate(keys[i])
+    if sketch is not None:
+        return lambda i, path: sketch.estimate(file_key(objects_dir, path))
+    return lambda i, path: 0
 
 
 class PassBusy(Exception):
@@ -210,15 +221,18 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
             try:
                 by_fills = victims.Victims(layout).freed()  # what fills took from the last list
                 summary.fill_evicted_files, summary.fill_evicted_bytes = by_fills.files, by_fills.size
+                if by_fills.files:
+                    boundary = max(boundary, by_fills.top)
                 if listing:
                     rest = order if carried is None else itertools.chain((carried,), order)
-                    summary.next_victims = _publish_victims(layout, table, rest, next_share, objects_dir)
+                    summary.next_victims = _publish_victims(layout, table, rest, next_share, objects_dir,
+                                                            _estimator(keys, sketch, objects_dir))
                 else:
                     victims.Victims(layout).clear()
             except OSError as exc:
                 errors.add("writing run/next-victims", exc)
         summary.evicted_bytes = freed_size
-        if not dry_run and summary.evicted_files and sketch is not None:
+        if not dry_run and (summary.evicted_files or summary.fill_evicted_files) and sketch is not None:
             sketch.boundary = boundary
         if not dry_run and admit_by == "first" and sketch is not None:
             sketch.boundary = 0  # recency wins lately: tinylfu admits every miss (evictor.adaptive)

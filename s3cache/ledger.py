@@ -55,8 +55,8 @@ _FMT = "<qqqqqqqqq"
 _SIZE = struct.calcsize(_FMT)
 
 
-# make_room(bytes, allocated bytes) -> what it freed: (bytes, allocated bytes, objects).
-MakeRoom = Callable[[int, int], "tuple[int, int, int]"]
+# make_room(bytes, allocated bytes) -> what it freed: (bytes, allocated bytes, objects, ...).
+MakeRoom = Callable[[int, int], "tuple[int, ...]"]
 
 
 class OverCap(Exception):
@@ -165,7 +165,7 @@ class CacheSize:
             r = self._read(fd)
             over = r.bytes + size - limit if r.bytes is not None and limit is not None and size > 0 else 0
             if make_room is not None and (over > 0 or disk_excess > 0):
-                freed_bytes, _, freed_files = make_room(max(0, over), max(0, disk_excess))
+                freed_bytes, _, freed_files, *_ = make_room(max(0, over), max(0, disk_excess))
                 if freed_files:
                     r = r.with_removal(freed_bytes, freed_files)
                     self._write(fd, r)

@@ -20,8 +20,10 @@ is not seen: the list is at most one pass old.
 
 The file is a header (magic, the offset of the next record, the bytes and
 allocated bytes of all records and of those taken, and what was freed) and then one record per
-victim: its size, allocated bytes, atime in ns and its path below
-``objects/``.  A pass replaces the whole file (``os.replace``); takers, who
+victim: its size, allocated bytes, atime in ns, frequency estimate and its path below
+``objects/``.  The next pass reports what fills freed, and the highest estimate among it is
+what a newcomer must beat (``S3CACHE_ADMIT=tinylfu``), as the pass's own removals are: when
+fills make the room, passes seldom remove anything themselves.  A pass replaces the whole file (``os.replace``); takers, who
 hold the ledger's lock, advance the header with one ``pwrite``.
 """
 
@@ -36,9 +38,10 @@ from s3cache import atomic, entries
 from s3cache.layout import Layout
 
 _MAGIC = b"s3cvict1"
-# magic, next record's offset, total size, taken size, total alloc, taken alloc; freed size, alloc and objects
-_HEADER = struct.Struct("<8sQqqqqqqq")
-_RECORD = struct.Struct("<qqqH")     # size, alloc, atime_ns, path length; the path's bytes follow
+# magic, next record's offset, total size, taken size, total alloc, taken alloc; freed size, alloc, objects,
+# and the highest frequency estimate among them
+_HEADER = struct.Struct("<8sQqqqqqqqq")
+_RECORD = struct.Struct("<qqqqH")    # size, alloc, atime_ns, frequency estimate, path length; the path's bytes follow
 _READ_CHUNK = 1 << 16
 
 # How much of the cache a pass lists: enough that a moving working set rarely waits for a pass,
@@ -52,12 +55,14 @@ class Victim(NamedTuple):
     size: int
     alloc: int
     atime_ns: int
+    estimate: int = 0  # how often it was asked for lately (s3cache.sketch), when the pass listed it
 
 
 class Freed(NamedTuple):
     size: int = 0
     alloc: int = 0
     files: int = 0
+    top: int = 0  # the highest frequency estimate among them: what a newcomer must beat (S3CACHE_ADMIT=tinylfu)
 
 
 def _safe_rel(rel: bytes) -> bool:
@@ -66,8 +71,8 @@ def _safe_rel(rel: bytes) -> bool:
     return len(parts) >= 2 and b"\0" not in rel and all(p not in (b"", b".", b"..") for p in parts)
 
 
-def _records(fd: int, offset: int) -> Iterator[tuple[int, int, int, int, bytes]]:
-    """The records from ``offset`` on: (offset after it, size, alloc, atime_ns, path); a torn tail ends them."""
+def _records(fd: int, offset: int) -> Iterator[tuple[int, int, int, int, int, bytes]]:
+    """The records from ``offset`` on: (offset after it, size, alloc, atime_ns, estimate, path); a torn tail ends them."""
     buf, start = b"", offset  # buf holds the file's bytes from ``start``
     while True:
         if len(buf) < _RECORD.size:
@@ -76,7 +81,7 @@ def _records(fd: int, offset: int) -> Iterator[tuple[int, int, int, int, bytes]]
                 return
             buf += more
             continue
-        size, alloc, atime_ns, n = _RECORD.unpack_from(buf)
+        size, alloc, atime_ns, estimate, n = _RECORD.unpack_from(buf)
         end = _RECORD.size + n
         if len(buf) < end:
             more = os.pread(fd, max(_READ_CHUNK, end - len(buf)), start + len(buf))
@@ -86,7 +91,7 @@ def _records(fd: int, offset: int) -> Iterator[tuple[int, int, int, int, bytes]]
             continue
         start += end
         rel, buf = buf[_RECORD.size:end], buf[end:]
-        yield start, size, alloc, atime_ns, rel
+        yield start, size, alloc, atime_ns, estimate, rel
 
 
 class Victims:
@@ -104,11 +109,11 @@ class Victims:
         for v in victims:
             if not _safe_rel(v.rel) or len(v.rel) > 0xFFFF:
                 continue
-            body += _RECORD.pack(v.size, v.alloc, v.atime_ns, len(v.rel)) + v.rel
+            body += _RECORD.pack(v.size, v.alloc, v.atime_ns, v.estimate, len(v.rel)) + v.rel
             total_size += v.size
             total_alloc += v.alloc
             n += 1
-        header = _HEADER.pack(_MAGIC, _HEADER.size, total_size, 0, total_alloc, 0, 0, 0, 0)
+        header = _HEADER.pack(_MAGIC, _HEADER.size, total_size, 0, total_alloc, 0, 0, 0, 0, 0)
         atomic.write(self.path, header + bytes(body))
         return n
 
@@ -162,9 +167,9 @@ class Victims:
             magic, offset, total_size, taken_size, total_alloc, taken_alloc, *before = _HEADER.unpack(header)
             if magic != _MAGIC:
                 return Freed()
-            freed_size = freed_alloc = files = 0
+            freed_size = freed_alloc = files = top = 0
             try:
-                for offset, v_size, v_alloc, v_atime, rel in _records(fd, offset):
+                for offset, v_size, v_alloc, v_atime, v_estimate, rel in _records(fd, offset):
                     taken_size += v_size
                     taken_alloc += v_alloc
                     if _safe_rel(rel):
@@ -173,13 +178,14 @@ class Victims:
                             freed_size += v_size
                             freed_alloc += got
                             files += 1
+                            top = max(top, v_estimate)
                     if freed_size >= size and freed_alloc >= alloc:
                         break
-                so_far = (before[0] + freed_size, before[1] + freed_alloc, before[2] + files)
+                so_far = (before[0] + freed_size, before[1] + freed_alloc, before[2] + files, max(before[3], top))
                 os.pwrite(fd, _HEADER.pack(_MAGIC, offset, total_size, taken_size, total_alloc, taken_alloc, *so_far), 0)
             except OSError as exc:  # what was removed is still counted; the next take skips what is gone
                 on_error(self.path, exc)
-            return Freed(freed_size, freed_alloc, files)
+            return Freed(freed_size, freed_alloc, files, top)
         finally:
             os.close(fd)
 

@@ -47,10 +47,10 @@ def fill(f: Filler, key: str):
 def listed(cache: Cache) -> list[bytes]:
     with open(cache.layout.victims_file, "rb") as fh:
         data = fh.read()
-    out, pos = [], struct.calcsize("<8sQqqqqqqq")
+    out, pos = [], victims._HEADER.size
     while pos < len(data):
-        *_, n = struct.unpack_from("<qqqH", data, pos)
-        pos += struct.calcsize("<qqqH")
+        *_, n = victims._RECORD.unpack_from(data, pos)
+        pos += victims._RECORD.size
         out.append(data[pos:pos + n])
         pos += n
     return out
@@ -178,6 +178,23 @@ def test_the_lfu_order_lists_the_least_asked_for_first(tmp_path):
     assert listed(cache) == [b"bkt/b"]
 
 
+def test_what_fills_removed_sets_the_admission_boundary_at_the_next_pass(tmp_path):
+    # TinyLFU admits a newcomer asked for more often than what eviction removed lately.  When fills make
+    # the room, passes seldom remove anything: the victims' own estimates must set the boundary.
+    from tests.test_admission_eviction import ask, sketch_of
+    cache = four_objects(tmp_path)
+    ask(cache, "a", 3)                       # the head of the list, asked for three times
+    cache.run(S3CACHE_MAX_BYTES=str(CAP), S3CACHE_EVICT_POLICY="lru")  # recency lists "a" first all the same
+    assert listed(cache) == [b"bkt/a"]
+    s = sketch_of(cache)
+    s.boundary = 0
+    s.close()
+    assert fill(filler(cache)[0], "new").outcome == "filled" and not cache.has("a")
+    summary = cache.run(S3CACHE_MAX_BYTES=str(CAP), S3CACHE_EVICT_POLICY="lru")
+    assert summary.evicted_files == 0 and summary.fill_evicted_files == 1
+    assert sketch_of(cache).boundary == 3
+
+
 def test_a_dry_run_lists_nothing(tmp_path):
     cache = four_objects(tmp_path)
     cache.run(S3CACHE_MAX_BYTES=str(CAP), dry_run=True)
@@ -195,9 +212,10 @@ def test_a_torn_list_frees_what_its_whole_records_name(tmp_path):
 
 
 def _raw_list(records: list[tuple[bytes, int]]) -> bytes:
-    body = b"".join(struct.pack("<qqqH", size, 0, atime, len(rel)) + rel for rel, size, atime in records)
+    # Packed here by hand (struct formats spelled out), so a list is what the format says, not what publish writes.
+    body = b"".join(struct.pack("<qqqqH", size, 0, atime, 0, len(rel)) + rel for rel, size, atime in records)
     total = sum(r[1] for r in records)
-    return struct.pack("<8sQqqqqqqq", b"s3cvict1", 72, total, 0, 0, 0, 0, 0, 0) + body
+    return struct.pack("<8sQqqqqqqqq", b"s3cvict1", 80, total, 0, 0, 0, 0, 0, 0, 0) + body
 
 
 @settings(max_examples=60, deadline=None)
