@@ -197,6 +197,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                 keys = frequency_keys(table, sketch, objects_dir)
             wanted = Need(size=(need.size if need else 0) + next_share, alloc=need.alloc if need else 0)
             order = lru_order(table, wanted, result.bytes, result.alloc_bytes, keys)
+        estimate = _estimator(keys, sketch, objects_dir)  # what each removal or victim counts for the boundary
         if need is not None:
             for n, i in enumerate(order):
                 if need.met_by(freed_size, freed_alloc):
@@ -210,10 +211,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                     if on_remove is not None:
                         on_remove("object", path, table.size[i])
                     summary.evicted_files += 1
-                    if keys is not None:
-                        boundary = max(boundary, key_estimate(keys[i]))
-                    elif sketch is not None:
-                        boundary = max(boundary, sketch.estimate(file_key(objects_dir, path)))
+                    boundary = max(boundary, estimate(i, path))
                     freed_size += table.size[i]
                     freed_alloc += table.alloc[i]
                     emptied.update((os.path.dirname(path), os.path.dirname(meta), *map(os.path.dirname, marks)))
@@ -225,8 +223,7 @@ def run_pass(config: Config, *, dry_run: bool = False, usage: UsageFn | None = N
                     boundary = max(boundary, by_fills.top)
                 if listing:
                     rest = order if carried is None else itertools.chain((carried,), order)
-                    summary.next_victims = _publish_victims(layout, table, rest, next_share, objects_dir,
-                                                            _estimator(keys, sketch, objects_dir))
+                    summary.next_victims = _publish_victims(layout, table, rest, next_share, objects_dir, estimate)
                 else:
                     victims.Victims(layout).clear()
             except OSError as exc:
