@@ -138,8 +138,9 @@ class Supervisor:
         reader = threading.Thread(target=self._pump, args=(part, part.proc.stdout), daemon=True)
         reader.start()
         part.readers = [reader]
-        self.say("s3cache", f"started {part.name} (pid {part.proc.pid})")
+        # Recorded before announced: whoever reads "started" in the log finds the pid in the status file.
         self._write_status()
+        self.say("s3cache", f"started {part.name} (pid {part.proc.pid})")
 
     def _exit_reason(self, part: Part, code: int) -> str:
         for r in part.readers:

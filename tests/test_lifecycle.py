@@ -30,12 +30,23 @@ NOWHERE = "http://127.0.0.1:9"
 
 
 def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    """True while any thread of ``pid`` runs (a zombie waiting for its reaper counts as gone).
+
+    Every thread, not the leader's state alone: a SIGKILLed multi-threaded process (Caddy) shows its leader
+    as a zombie while its other threads are still exiting, and its sockets close only when the last one has.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    for tid in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def kill_leftovers(pids) -> None:
