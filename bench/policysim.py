@@ -1,25 +1,28 @@
 """s3cache's admission and eviction choices simulated on a trace, the way the real stack applies them.
 
 One request at a time; the cache may grow to ``high`` x capacity and is then
-cut to ``low`` x capacity in the eviction order (as the evictor does between
-its watermarks, here at once; by default the watermarks s3cache ships,
-``shipped_watermarks``).  The frequency is ``s3cache.sketch`` itself,
-counting every request; the order is ``evictor.policy``'s:
+cut to ``low`` x capacity in the eviction order.  By default both are the
+capacity itself, as s3cache runs S3CACHE_MAX_BYTES: a fill that would cross
+the cap removes objects in the order the last pass chose until it fits (the
+evictor's list of next victims, ``s3cache.victims``; ordered afresh at every
+fill here, at most one pass old in the real stack).  Lower values model a cap
+cut in batches from HIGH to LOW (what passes alone did before fills made
+room).  The frequency is ``s3cache.sketch`` itself, counting every request;
+the order is ``evictor.policy``'s:
 
 - eviction ``lru``: least recently used first;
 - eviction ``lfu``: lowest sketch estimate first (zero for an object not asked for since the
   aging before last), least recently used among equals;
-- eviction ``adaptive``: ``evictor.adaptive.Duel`` itself, fed at each eviction the requests since
-  the last one (as the evictor replays the access log at each pass, sizes known only for what is
-  cached), chooses ``lfu`` or ``lru``; while it chooses ``lru+first`` the published admission
-  boundary is 0 (``tinylfu`` admits every miss), as the evictor publishes it.  The evictor also
-  runs scheduled passes with nothing to evict, which still choose (and may open admission): one
-  every ``pass_every`` requests here (200 by default; the bench's real stack passes every 0.25 s);
+- eviction ``adaptive``: ``evictor.adaptive.Duel`` itself, fed at each pass the requests since
+  the last one (as the evictor replays the access log, sizes known only for what is cached),
+  chooses ``lfu`` or ``lru``; while it chooses ``lru+first`` the published admission boundary is
+  0 (``tinylfu`` admits every miss), as the evictor publishes it.  A pass comes every
+  ``pass_every`` requests here (200 by default; the bench's real stack passes every 0.25 s);
 - admission ``first``: every miss fills;
 - admission ``count:N``: a miss fills once the object was asked for N times (sketch estimate);
 - admission ``tinylfu``: a miss fills only when the object is asked for more often than the
-  objects the last eviction removed (the evictor publishes their highest estimate; 0 before
-  any eviction), the rule ``sidecar.admission`` applies.
+  objects fills removed before the last pass (the pass publishes their highest estimate; 0
+  before any removal), the rule ``sidecar.admission`` applies.
 
 Costs, per miss: ``stream`` fetches the object once (whether or not it is kept);
 ``redirect`` fetches it once for the client, and once more when it is filled.
@@ -63,8 +66,8 @@ class PolicyResult:
         return self.miss_bytes / self.client_bytes if self.client_bytes else 0.0
 
 
-# Requests between the evictor's scheduled passes (``adaptive`` only: the other policies decide nothing
-# between evictions, which happen here the moment the cache crosses ``high``).
+# Requests between the evictor's scheduled passes: each publishes the admission boundary from what fills
+# removed since the last, and (``adaptive``) chooses the order the next fills take victims in.
 PASS_EVERY = 200
 
 
@@ -79,10 +82,8 @@ def _key(obj: int) -> bytes:
 
 
 def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict: str = "lru",
-             admit: str = "first", high: float | None = None, low: float | None = None, window: int | None = None,
+             admit: str = "first", high: float = 1.0, low: float = 1.0, window: int | None = None,
              duel: adaptive.Duel | None = None, pass_every: int | None = PASS_EVERY) -> PolicyResult:
-    if high is None or low is None:
-        high, low = shipped_watermarks()
     # As the evictor sets it: ten times the objects the cache holds (TinyLFU's sample size).
     distinct = set(trace)
     mean = sum(sizes[o] for o in distinct) / len(distinct)
@@ -93,6 +94,7 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
         duel = adaptive.Duel()
     pending: list[tuple[bytes, int | None, float]] = []  # requests since the last pass (the access log's lines)
     limit, floor = high * capacity, low * capacity
+    duel_high, duel_low = shipped_watermarks()  # the evictor hands the shadows its configured watermarks
     cache: dict[int, int] = {}  # object -> last access (request number)
     used = hits = client = miss_bytes = fill_bytes = misses = fills = 0
     boundary = 0
@@ -103,16 +105,21 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
         # What the evictor knows at a pass: a request's size if the object is in the cache now.
         nonlocal chosen_admit
         requests = [(k, sizes[int(k[1:])] if int(k[1:]) in cache else None, at) for k, _, at in pending]
-        order_by, chosen_admit = duel.replay(requests, capacity, sketch, high=high, low=low,
+        order_by, chosen_admit = duel.replay(requests, capacity, sketch, high=duel_high, low=duel_low,
                                              mean_size=used // len(cache) if cache else int(mean))
         pending.clear()
         return order_by
 
+    order_by = evict if duel is None else duel.choice()[0]
+    taken_top = taken = 0  # what fills removed since the last pass: its highest estimate, how many
     for t, obj in enumerate(trace):
-        if duel is not None and pass_every and t and t % pass_every == 0:
-            replay()  # a scheduled pass with nothing to evict still chooses, and may open admission
-            if chosen_admit == "first":
-                boundary = 0
+        if pass_every and t and t % pass_every == 0:  # a scheduled pass
+            if duel is not None:
+                order_by = replay()  # a pass chooses the order fills then take victims in
+            if taken:  # what newcomers must beat: the most asked-for among what fills removed
+                boundary, taken_top, taken = taken_top, 0, 0
+            if duel is not None and chosen_admit == "first":
+                boundary = 0  # recency runs: tinylfu admits every miss (evictor.adaptive)
         now[0] = t
         size = sizes[obj]
         client += size
@@ -143,9 +150,6 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
         cache[obj] = t
         used += size
         if used > limit:
-            order_by = evict
-            if duel is not None:
-                order_by = replay()
             prev_aging = sketch.aged_at[1]
             if order_by == "lru":
                 order = sorted(cache, key=cache.__getitem__)
@@ -155,17 +159,14 @@ def simulate(trace: Sequence[int], sizes: Sequence[int], capacity: int, *, evict
                 est_of = {o: sketch.estimate(_key(o)) if cache[o] >= prev_aging else 0 for o in cache}
                 order = sorted(cache, key=lambda o: (est_of[o], cache[o]))
             else:
-                raise ValueError(evict)
-            top = 0
+                raise ValueError(order_by)
             for victim in order:
                 if used <= floor:
                     break
                 used -= sizes[victim]
                 del cache[victim]
-                top = max(top, est_of[victim] if est_of else sketch.estimate(_key(victim)))
-            boundary = top
-            if duel is not None and chosen_admit == "first":
-                boundary = 0  # recency runs: tinylfu admits every miss (evictor.adaptive)
+                taken += 1
+                taken_top = max(taken_top, est_of[victim] if est_of else sketch.estimate(_key(victim)))
     return PolicyResult(f"{evict}+{admit}", len(trace), hits, client, miss_bytes, fill_bytes, misses, fills)
 
 

@@ -6,7 +6,7 @@ so slow passes never pile up).  One line per pass on stdout.
 
 A fill refused by the cap or by the disk's high watermark (recorded in
 ``s3cache.ledger``) brings the next pass forward to the next tick: fills stop
-at the high watermark, and every one refused until a pass makes room is an
+at those limits, and every one refused until a pass makes room is an
 object not cached, so the room is made at once rather than up to an interval
 later.  Such passes are at least ``REFUSAL_GAP`` seconds, and as long as the
 last one took, apart (the evictor is busy at most half the time); after one

@@ -12,8 +12,11 @@ working set, 1.5 worse on Zipf, and redirect-mode costs up by a sixth.)
 miniature simulations found better lately.
 
 Usage is the larger of the filesystem's used percent (as ``df`` shows it) and the cache's own
-bytes as a percent of ``S3CACHE_MAX_BYTES``.  Above HIGH, enough is freed to
-bring *both* measures strictly below LOW.  The amount is planned up front from
+bytes as a percent of ``S3CACHE_MAX_BYTES``.  A pass removes objects when the disk is above HIGH,
+when the cache is above the cap itself, or when a fill was refused; then enough to bring *both*
+measures strictly below LOW.  The cap has no band of its own: fills use all of it, making room
+at it from the victims each pass lists from LOW on (``s3cache.victims``), so the cache is over
+the cap, or a fill refused, only when fills outran that list.  The amount is planned up front from
 the scan rather than by re-reading ``statvfs`` after each unlink: some
 filesystems (XFS, btrfs, anything with delayed frees) report freed space late,
 and a loop waiting for it would evict the whole cache.
@@ -28,7 +31,7 @@ from typing import Iterator, Sequence
 
 from evictor.scan import FileTable
 from s3cache.sketch import FrequencySketch, file_key
-from s3cache.usage import FsUsage, usage_percent
+from s3cache.usage import FsUsage
 
 
 
@@ -49,10 +52,11 @@ class Need:
 
 def bytes_to_free(fs: FsUsage, cache_bytes: int, *, high: float, low: float,
                   max_bytes: int | None, refused: int = 0, cache_alloc: int | None = None) -> Need | None:
-    """None when usage is not above HIGH and no fill was refused; otherwise what brings both measures below LOW.
+    """None when the disk is not above HIGH, the cache not above ``max_bytes`` and no fill was refused;
+    otherwise what brings both measures below LOW.
 
     ``refused`` is the largest fill refused since the last pass (``s3cache.ledger``), by the cap or by
-    the disk's own HIGH: fills stop at HIGH, so usage would never cross it by itself; room is made
+    the disk's own HIGH: fills stop there, so usage would never cross either by itself; room is made
     below LOW on both measures with that fill in.  Unless it would not fit below LOW even with the
     cache emptied (``cache_alloc``: the cache's share of the disk's used bytes; None: all of them):
     emptying the cache would not cache that object, only lose the rest.
@@ -62,7 +66,8 @@ def bytes_to_free(fs: FsUsage, cache_bytes: int, *, high: float, low: float,
         if (max_bytes and refused > _below(low, max_bytes)) or \
                 (fs.capacity > 0 and others + refused > _below(low, fs.capacity)):
             refused = 0
-    if usage_percent(fs, cache_bytes, max_bytes) <= high and not refused:
+    over_cap = bool(max_bytes) and cache_bytes > max_bytes
+    if fs.percent <= high and not over_cap and not refused:
         return None
     alloc = max(0, fs.used + refused - _below(low, fs.capacity)) if fs.capacity > 0 else 0
     size = max(0, cache_bytes + refused - _below(low, max_bytes)) if max_bytes else 0

@@ -6,9 +6,8 @@ process it runs (the sidecar, ``s3cache warm``, ``s3cache purge``):
 
 - a fill adds its bytes (the difference, when it replaces an object) and its
   file before its object is renamed into place (``adding``); a fill that would
-  take the cache above the high watermark of S3CACHE_MAX_BYTES is refused
-  instead.  Check and add happen under the lock, so a burst of concurrent
-  fills can never overshoot together;
+  take the cache above S3CACHE_MAX_BYTES is refused instead.  Check and add
+  happen under the lock, so a burst of concurrent fills can never overshoot together;
 - a removal outside the evictor (a purge, a removal after S3's ``404``:
   ``s3cache.entries``) unlinks the object and subtracts it under the same lock
   (``removing``).
@@ -18,8 +17,8 @@ So the live size the status page, the metrics and ``s3cache stats`` show
 
 A fill that would cross the cap first removes the evictor's next victims
 (``s3cache.victims``), under the same lock, and is refused only if that is
-not room enough.  A refused fill must not wait for usage to cross HIGH by
-itself (refusals keep it below HIGH for ever): the largest refused size since the last pass
+not room enough.  A refused fill must not wait for the cache to cross the cap by
+itself (refusals keep it below for ever): the largest refused size since the last pass
 is kept too, and the next pass frees room for it (``evictor.policy``),
 brought forward by the refusal (``evictor.__main__``).  A fill the disk's
 own high watermark refused (``sidecar.fill``) is recorded the same way.
@@ -243,10 +242,3 @@ class CacheSize:
                              refused=0)  # the refusals it was told of are answered
             self._write(fd, r)
             return r
-
-
-def fill_limit(max_bytes: int | None, high_percent: float) -> int | None:
-    """The most the cache may hold after a fill: S3CACHE_EVICT_HIGH percent of S3CACHE_MAX_BYTES (None: no cap)."""
-    if not max_bytes:
-        return None
-    return int(max_bytes * high_percent / 100.0)

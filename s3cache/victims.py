@@ -1,11 +1,9 @@
 """The evictor's next victims, ``run/next-victims``: room a fill can make at once instead of being refused.
 
-A pass frees room down to LOW and stops; fills then grow the cache back to
-HIGH, where ``s3cache.ledger`` refuses them until the next pass.  When the
-working set moves, that is most fills, for many passes: a cache that only
-makes room per pass turns over a band at a time, where a cache that makes
-room per fill (every simulated one) turns over at once.  So each pass that
-finds the cache near its limit also writes down what it would remove next
+A cache that only makes room per pass turns over a band (HIGH - LOW) at a time and
+leaves that band unused between passes, where a cache that makes room per fill (every
+simulated one) turns over at once and fills all it may hold.  So each pass that
+finds the cache near its limit (at LOW or above) writes down what it would remove next
 (``publish``), in its policy's order: about a tenth of the cache.  A fill that
 would cross the cap, or the disk's high watermark, removes victims from the
 head of that list (``take``) until it fits, under the ledger's lock, and is

@@ -57,7 +57,7 @@ from s3cache import entries, grants, metadata, objectlock
 from s3cache.httpdate import parse_http_date
 from s3cache.layout import MARK_KINDS, Layout, ObjectRef
 from s3cache.config import Config
-from s3cache.ledger import CacheSize, OverCap, fill_limit
+from s3cache.ledger import CacheSize, OverCap
 from s3cache.victims import Victims
 from s3cache.redact import redact
 from s3cache.usage import FsUsage, UsageFn, statvfs_usage
@@ -149,8 +149,8 @@ class Filler:
                  upstream: Upstream | None = None, min_rate: float = DEFAULT_MIN_RATE, cap: int | None = None,
                  disk_high: float | None = None, disk_usage: UsageFn | None = None):
         self.layout = layout
-        # The most the cache may hold after a fill (S3CACHE_EVICT_HIGH % of S3CACHE_MAX_BYTES), kept
-        # in run/cache-bytes between passes: a fill that would cross it is not cached.
+        # The most the cache may hold after a fill (S3CACHE_MAX_BYTES), kept in run/cache-bytes between
+        # passes: a fill that would cross it makes room from the next victims, or is not cached.
         self.cap = cap
         # The disk's own high watermark (S3CACHE_EVICT_HIGH %): a fill that would take the filesystem
         # above it is not cached either, so between passes the disk fills no further than the cap would.
@@ -179,7 +179,7 @@ class Filler:
     def from_config(cls, config: "Config", layout: Layout, upstream: Upstream | None = None) -> "Filler":
         return cls(layout, workers=config.fill_workers, timeout=config.fill_timeout,
                    max_object_bytes=config.max_object_bytes, upstream=upstream,
-                   min_rate=config.fill_min_rate, cap=fill_limit(config.max_bytes, config.evict_high),
+                   min_rate=config.fill_min_rate, cap=config.max_bytes,
                    disk_high=config.evict_high)
 
     def running(self, delta: int) -> None:
@@ -473,7 +473,7 @@ class Filler:
         room = self.victims.available()
         if self.cap is not None:
             if self.ledger.would_refuse(expected, self.cap, room.size):
-                raise FillFailed("over-cap", f"{expected} more bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)")
+                raise FillFailed("over-cap", f"{expected} more bytes would cross S3CACHE_MAX_BYTES ({self.cap})")
         if self._disk_would_cross(expected, room.alloc):
             raise FillFailed("over-disk", f"{expected} more bytes would take the disk above "
                                           f"S3CACHE_EVICT_HIGH ({self.disk_high:g}%)")
@@ -574,7 +574,7 @@ class Filler:
                     self._mark(ref, kind)
                 linked = self._publish(ref, tmp, final)
         except OverCap:
-            raise FillFailed("over-cap", f"{size} bytes would cross {self.cap} (S3CACHE_MAX_BYTES x HIGH)") from None
+            raise FillFailed("over-cap", f"{size} bytes would cross S3CACHE_MAX_BYTES ({self.cap})") from None
         # After the new file is in place: a grant made for the old one either goes here or is withdrawn by its
         # writer, which looks at the file again (s3cache.grants.record).
         grants.remove(self.layout, ref)

@@ -16,8 +16,9 @@ import threading
 
 import pytest
 
-from s3cache.ledger import CacheSize, Reading, fill_limit
-from s3cache.layout import ObjectRef
+from s3cache.config import Config
+from s3cache.ledger import CacheSize, Reading
+from s3cache.layout import Layout, ObjectRef
 from s3cache.sketch import MAX_COUNT, FrequencySketch, file_key
 from s3cache.usage import FsUsage
 from sidecar.admission import Admission
@@ -107,7 +108,7 @@ def test_lfu_evicts_the_rarely_asked_for_first_where_lru_would_evict_the_popular
     ask(cache, "hot", 5)
     for k in ("c1", "c2", "c3"):
         ask(cache, k)
-    # 4000 bytes against a cap of 3500 (HIGH 90%): down to below 80% = 2800 bytes, i.e. two files go.
+    # 4000 bytes against a cap of 3500: down to below 80% = 2800 bytes, i.e. two files go.
     cache.run(S3CACHE_MAX_BYTES="3500", S3CACHE_EVICT_POLICY="lfu")
     assert [cache.has(k) for k in ("hot", "c1", "c2", "c3")] == [True, False, False, True]
 
@@ -128,7 +129,7 @@ def test_hits_replayed_from_the_access_log_count_as_frequency(cache):
     # "a" is read three times, then "b" and "c" once each, all an hour ago: LRU would now take "a".
     cache.log(*(caddy_line("/bkt/a", NOW - 3600 - 10 + i) for i in range(3)),
               caddy_line("/bkt/b", NOW - 3600 - 5), caddy_line("/bkt/c", NOW - 3600 - 4))
-    cache.run(S3CACHE_MAX_BYTES="3000", S3CACHE_EVICT_POLICY="lfu")
+    cache.run(S3CACHE_MAX_BYTES="2999", S3CACHE_EVICT_POLICY="lfu")  # over the cap: below 80% (2399) is one to go
     assert [cache.has(k) for k in "abc"] == [True, False, True]
     s = sketch_of(cache)
     assert s.estimate(key_of(cache, "a")) == 3
@@ -175,14 +176,14 @@ def test_a_refused_fill_makes_the_next_pass_free_room_below_high(cache):
     # Fills stop at HIGH, so usage never crosses it: the refusal itself must trigger the pass.
     for i, k in enumerate("abc"):
         cache.put(k, atime_ns=ns_ago(5 - i))
-    cache.run(S3CACHE_MAX_BYTES="3500")  # 3000 of 3500: below HIGH (90% = 3150), nothing goes
+    cache.run(S3CACHE_MAX_BYTES="3500")  # 3000 of 3500: below the cap, nothing goes
     assert all(cache.has(k) for k in "abc")
     ledger = CacheSize(cache.layout.cache_bytes_file)
-    assert not ledger.try_add(1000, fill_limit(3500, 90))  # a 1000-byte fill is refused
+    assert not ledger.try_add(1000, 3500)  # a 1000-byte fill is refused
     cache.run(S3CACHE_MAX_BYTES="3500")  # room for it below LOW (80% = 2800): two files go
     assert [cache.has(k) for k in "abc"] == [False, False, True]
     assert ledger.read().bytes == 1000 and ledger.read().refused == 0
-    assert ledger.try_add(1000, fill_limit(3500, 90))
+    assert ledger.try_add(1000, 3500)
 
 
 class _CountingUpstream:
@@ -336,9 +337,12 @@ def test_a_missing_or_unreadable_record_reads_as_no_figure(tmp_path):
     assert Reading().changes_since_pass is None
 
 
-def test_fill_limit_is_the_high_watermark_of_the_cap():
-    assert fill_limit(None, 90) is None
-    assert fill_limit(1000, 90) == 900
+def test_fills_may_take_the_cache_up_to_the_cap_itself(tmp_path):
+    """S3CACHE_MAX_BYTES is what the cache may hold: fills use all of it (no band below it left empty)."""
+    config = Config.from_env({"S3CACHE_DIR": str(tmp_path), "S3CACHE_MAX_BYTES": "1000", "S3CACHE_EVICT_HIGH": "90",
+                              "S3CACHE_EVICT_LOW": "80"})
+    assert Filler.from_config(config, Layout(config.dir)).cap == 1000
+    assert Filler.from_config(Config.from_env({"S3CACHE_DIR": str(tmp_path)}), Layout(config.dir)).cap is None
 
 
 # -- the whole stack: a burst of fills against the cap ----------------------------------------------
@@ -351,7 +355,7 @@ OBJECT_BYTES = 64 * 1024
 def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
     origin.ensure_bucket(BUCKET)
     s3 = origin.s3()
-    cap = 10 * OBJECT_BYTES  # HIGH 90%: at most 9 objects after any fill
+    cap = 10 * OBJECT_BYTES  # at most 10 objects after any fill (HIGH 90% is the disk's, not the cap's)
     # A long evict interval: only the first pass (at start, empty cache) runs during the burst.
     stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_MAX_BYTES=str(cap), S3CACHE_EVICT_INTERVAL="3600",
                        S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="50", S3CACHE_FILL_WORKERS="8",
@@ -370,8 +374,8 @@ def test_the_cap_holds_under_a_burst_of_fills(origin, make_stack):
     wait_until(lambda: stack.fills_finished() >= len(keys), timeout=60, what="every fill to end")
     cached = [k for k in keys if stack.object_file(BUCKET, k).exists()]
     on_disk = sum(stack.object_file(BUCKET, k).stat().st_size for k in cached)
-    assert on_disk <= fill_limit(cap, 90), (len(cached), on_disk)
-    assert len(cached) == 9  # the cap is used, not just respected
+    assert on_disk <= cap, (len(cached), on_disk)
+    assert len(cached) == 10  # the whole cap is used, not just respected
     assert CacheSize(stack.layout.cache_bytes_file).read()[:2] == (on_disk, len(cached))
 
 
@@ -390,10 +394,10 @@ def _bucket_bytes(stack) -> int:
 def test_the_cap_holds_while_fills_make_room_from_the_next_victims(origin, make_stack):
     # Between LOW and HIGH a pass lists its next victims; a burst of new fills then removes them to
     # make room while refusals bring passes forward.  However those interleave, the cache on disk
-    # must stay within the cap (HIGH plus one object in flight) and the ledger must never say less.
+    # must stay within the cap and the ledger must never say less.
     origin.ensure_bucket(BUCKET)
     s3 = origin.s3()
-    cap = 10 * OBJECT_BYTES  # HIGH 90%: 9 objects; LOW 50%
+    cap = 10 * OBJECT_BYTES  # 10 objects; LOW 50%
     stack = make_stack(S3CACHE_ACCESS="open", S3CACHE_MAX_BYTES=str(cap), S3CACHE_EVICT_INTERVAL="1",
                        S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="50", S3CACHE_FILL_WORKERS="8",
                        S3CACHE_ADMIT="first", S3CACHE_EVICT_POLICY="lru")
@@ -422,7 +426,7 @@ def test_the_cap_holds_while_fills_make_room_from_the_next_victims(origin, make_
     sampler.join(10)
     assert seen and max(seen) <= cap, max(seen)
     on_disk = _bucket_bytes(stack)
-    assert on_disk <= fill_limit(cap, 90)
+    assert on_disk <= cap
     assert CacheSize(stack.layout.cache_bytes_file).read().bytes >= on_disk
 
 

@@ -34,7 +34,7 @@ from evictor.run import PassBusy, run_pass
 from evictor.scan import FileTable
 from s3cache.config import Config
 from s3cache.layout import Layout, ObjectRef
-from s3cache.ledger import CacheSize, fill_limit
+from s3cache.ledger import CacheSize
 
 PROJECT = Path(__file__).resolve().parent.parent
 # The instant every pass in these tests runs at (``Cache.run`` injects it as the evictor's clock),
@@ -139,8 +139,8 @@ def test_least_recently_accessed_go_first_whatever_their_names_or_mtimes(cache):
                  "d-read-ten-hours-ago": 10, "e-read-just-now": 0}
     for n, (key, h) in enumerate(hours_ago.items()):
         cache.put(key, atime_ns=ns_ago(h), mtime_ns=ns_ago(100 - n))
-    # 5000 bytes against a cap of 5000: 100% -> must get below 80% (<= 3999): two files go.
-    s = cache.run(S3CACHE_MAX_BYTES="5000")
+    # 5000 bytes against a cap of 4999: over it -> must get below 80% (<= 3999): two files go.
+    s = cache.run(S3CACHE_MAX_BYTES="4999")
     assert s.evicted_files == 2
     assert not cache.has("d-read-ten-hours-ago") and not cache.has("b-read-five-hours-ago")
     assert all(cache.has(k) for k in ("a-read-an-hour-ago", "c-read-two-hours-ago", "e-read-just-now"))
@@ -186,16 +186,26 @@ def test_usage_exactly_at_high_evicts_nothing(cache):
     assert s.evicted_files == 0 and s.usage_percent_before == 90.0
 
 
-def test_above_high_evicts_until_strictly_below_low(cache):
-    cache.put("oldest-1001-bytes-leaves-exactly-low", size=1001, atime_ns=ns_ago(100))
+def test_a_cache_below_its_cap_is_left_whole_however_near_but_lists_its_next_victims(cache):
+    # The cap has no band below it: fills use all of it, making room from the listed victims.
+    cache.put("oldest-999-bytes", size=999, atime_ns=ns_ago(100))
+    for i in range(9):
+        cache.put(f"k{i}", atime_ns=ns_ago(i))
+    s = cache.run(S3CACHE_MAX_BYTES="10000")  # 9999 / 10000: above HIGH (90%), not above the cap
+    assert s.evicted_files == 0 and s.usage_percent_before == pytest.approx(99.99)
+    assert s.next_victims >= 1 and cache.has("oldest-999-bytes")
+
+
+def test_above_the_cap_evicts_until_strictly_below_low(cache):
+    cache.put("oldest-2001-bytes-leaves-exactly-low", size=2001, atime_ns=ns_ago(100))
     for i in range(8):
         cache.put(f"k{i}", atime_ns=ns_ago(i))
-    # 9001 / 10000 = 90.01% > HIGH.  Evicting the oldest leaves 8000 = 80.00%, which is not
+    # 10001 / 10000: over the cap.  Evicting the oldest leaves 8000 = 80.00%, which is not
     # *below* LOW, so one more goes.
     s = cache.run(S3CACHE_MAX_BYTES="10000")
     assert s.evicted_files == 2 and s.bytes_after == 7000
-    assert s.usage_percent_before == pytest.approx(90.01) and s.usage_percent_after == 70.0
-    assert not cache.has("oldest-1001-bytes-leaves-exactly-low") and not cache.has("k7")
+    assert s.usage_percent_before == pytest.approx(100.01) and s.usage_percent_after == 70.0
+    assert not cache.has("oldest-2001-bytes-leaves-exactly-low") and not cache.has("k7")
 
 
 def test_filesystem_usage_drives_eviction_counting_allocated_blocks(cache):
@@ -293,7 +303,7 @@ def test_a_pass_with_nothing_to_evict_orders_nothing(cache, monkeypatch):
 def test_metadata_goes_with_the_object_and_emptied_directories_with_them(cache):
     cache.put("deep/er/evicted.bin", atime_ns=ns_ago(10))
     cache.put("kept.bin", atime_ns=ns_ago(1))
-    s = cache.run(S3CACHE_MAX_BYTES="2000")
+    s = cache.run(S3CACHE_MAX_BYTES="1999")
     assert s.evicted_files == 1
     assert not cache.has("deep/er/evicted.bin") and not cache.has_meta("deep/er/evicted.bin")
     assert cache.has("kept.bin") and cache.has_meta("kept.bin")
@@ -325,7 +335,7 @@ def test_dry_run_removes_nothing_and_writes_nothing(cache, capsys):
         return sorted((str(p), p.stat().st_mtime_ns, None if p.parent == logs else p.stat().st_atime_ns)
                       for p in cache.root.rglob("*") if p.is_file())
     before = snapshot()
-    assert run_once(cache.config(S3CACHE_MAX_BYTES="10000"), dry_run=True) == 0
+    assert run_once(cache.config(S3CACHE_MAX_BYTES="9999"), dry_run=True) == 0
     assert snapshot() == before  # no unlink, no utime, no cursor, no evictor.json
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == ["would remove object objects/bkt/k1 (1000 bytes)",
@@ -338,7 +348,7 @@ def test_dry_run_removes_nothing_and_writes_nothing(cache, capsys):
 def test_run_once_removes_and_prints_what_it_removed(cache, capsys):
     for i in range(5):
         cache.put(f"k{i}", atime_ns=ns_ago(5 - i))
-    assert run_once(cache.config(S3CACHE_MAX_BYTES="5000"), dry_run=False) == 0
+    assert run_once(cache.config(S3CACHE_MAX_BYTES="4999"), dry_run=False) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["removed object objects/bkt/k0 (1000 bytes)", "removed object objects/bkt/k1 (1000 bytes)",
                    out[-1]]
@@ -399,7 +409,7 @@ def test_files_and_directories_vanishing_mid_scan_do_not_stop_the_pass(cache, mo
     def usage_and_a_vanishing_victim():
         (cache.layout.objects_dir / "bkt/dir/vanishes-between-scan-and-eviction").unlink(missing_ok=True)
         return EMPTY_DISK()
-    s = cache.run(usage=usage_and_a_vanishing_victim, S3CACHE_MAX_BYTES="7000")
+    s = cache.run(usage=usage_and_a_vanishing_victim, S3CACHE_MAX_BYTES="6999")
     assert s.scanned_files == 7 and s.errors == 0
     # The vanished victim freed nothing of ours; the pass went on to the next ones.
     assert s.evicted_files == 2 and not cache.has("dir/k0") and not cache.has("dir/k1") and cache.has("dir/k2")
@@ -416,7 +426,7 @@ def test_undecodable_names_are_scanned_evicted_and_printed(cache, capsys):
         fh.write(b"{}")
     os.utime(bad, ns=(ns_ago(100), ns_ago(200)))
     cache.put("fine.bin", atime_ns=ns_ago(1))
-    assert run_once(cache.config(S3CACHE_MAX_BYTES="2000"), dry_run=False) == 0
+    assert run_once(cache.config(S3CACHE_MAX_BYTES="1999"), dry_run=False) == 0
     out = capsys.readouterr().out
     assert "removed object objects/bkt/latin1-\\xe9-dir/not-utf8-\\xff.bin (1000 bytes)" in out
     assert not os.path.exists(bad) and not os.path.exists(meta + b"/bkt/latin1-\xe9-dir")
@@ -444,7 +454,7 @@ def test_permission_errors_skip_one_file_or_directory_not_the_pass(cache, monkey
         return real_unlink(path, *a, **k)
     monkeypatch.setattr(os, "scandir", scandir)
     monkeypatch.setattr(os, "unlink", unlink)
-    s = cache.run(S3CACHE_MAX_BYTES="6000")
+    s = cache.run(S3CACHE_MAX_BYTES="5999")
     assert s.scanned_files == 6 and s.errors == 2
     assert cache.has("undeletable-oldest") and not cache.has("k0") and not cache.has("k1")
     assert "errors=2 (first: " in s.line() and "Permission denied" in s.line()
@@ -516,11 +526,11 @@ def test_old_empty_directories_left_behind_are_pruned(cache):
 def test_the_pass_line_and_the_run_files(cache):
     for i in range(4):
         cache.put(f"k{i}", atime_ns=ns_ago(4 - i))
-    s = cache.run(S3CACHE_MAX_BYTES="4000")
+    s = cache.run(S3CACHE_MAX_BYTES="3999")
     line = s.line()
     assert "\n" not in line
     for part in ("pass: scanned=4 files", "bytes_before=4000", "bytes_after=3000", "evicted=1 files/1000 bytes",
-                 "usage=100.00%->75.00%", "duration="):
+                 "usage=100.03%->75.02%", "duration="):
         assert part in line
     status = json.loads((cache.layout.run_dir / "evictor.json").read_text())
     assert {"finished_at", "scanned_files", "bytes_before", "bytes_after", "evicted_files", "evicted_bytes",
@@ -620,14 +630,14 @@ def test_a_fill_the_cap_refused_brings_the_next_pass_forward(tmp_path):
     """A refused fill is an object not cached until room is made: the process makes it at once, not an hour later."""
     cache = Cache(tmp_path / "cache")
     for i in range(10):
-        cache.put(f"k{i}", atime_ns=ns_ago(10 - i))  # 10,000 bytes: 80% of the cap, below HIGH (90%)
+        cache.put(f"k{i}", atime_ns=ns_ago(10 - i))  # 10,000 bytes: 80% of the cap
     with evictor_process(S3CACHE_DIR=str(cache.root), S3CACHE_EVICT_INTERVAL="3600", S3CACHE_MAX_BYTES="12500",
                          S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80") as passes:
         first = passes.next(30)
         assert first is not None and "evicted=0 files" in first, first
         ledger = CacheSize(cache.layout.cache_bytes_file)
-        assert ledger.try_add(1000, fill_limit(12500, 90))  # 11,000 <= 11,250: room, no refusal
-        assert not ledger.try_add(2000, fill_limit(12500, 90))  # 13,000 > 11,250: refused
+        assert ledger.try_add(1000, 12500)  # 11,000 <= 12,500: room, no refusal
+        assert not ledger.try_add(2000, 12500)  # 13,000 > 12,500: refused
         # The schedule's own next pass is an hour away; a refusal should bring one within a few ticks.
         second = passes.next(30)
         assert second is not None, "no pass within 30 s of a refused fill"
@@ -645,11 +655,11 @@ def test_refusals_no_pass_can_answer_wait_for_the_schedule(tmp_path):
                          S3CACHE_EVICT_HIGH="90", S3CACHE_EVICT_LOW="80") as passes:
         assert passes.next(30) is not None  # the pass at start
         ledger = CacheSize(cache.layout.cache_bytes_file)
-        assert not ledger.try_add(11_000, fill_limit(12500, 90))  # more than LOW (10,000) of the whole cap
+        assert not ledger.try_add(12_000, 12500)  # over the cap, and more than LOW (10,000) of it
         answered = passes.next(30)
         assert answered is not None and "evicted=0 files" in answered, answered  # tried once, nothing to gain
         assert cache.has("k0")
-        assert not ledger.try_add(11_000, fill_limit(12500, 90))  # asked again, refused again
+        assert not ledger.try_add(12_000, 12500)  # asked again, refused again
         assert passes.next(5) is None  # several ticks and gaps: no pass walks the cache for it again
 
 
@@ -661,7 +671,7 @@ def test_a_full_disk_that_refuses_state_writes_still_gets_its_eviction(cache, mo
     def enospc(*_a, **_k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr("s3cache.atomic.write", enospc)
-    s = cache.run(S3CACHE_MAX_BYTES="5000")
+    s = cache.run(S3CACHE_MAX_BYTES="4999")
     assert s.evicted_files == 2 and cache.has("k0") and not cache.has("k1")
     # The cursor, the pass's status, the adaptive policy's state (S3CACHE_EVICT_POLICY=adaptive) and the next victims.
     assert s.errors == 4 and "No space left on device" in s.line()

@@ -112,9 +112,8 @@ def test_marks_go_with_their_objects_and_orphans_after_the_grace_period(tmp_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
         os.utime(path, (now - age, now - age))
-    config = Config.from_env({"S3CACHE_DIR": str(layout.root), "S3CACHE_MAX_BYTES": "1",
-                              "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "80"})
-    summary = run_pass(config, usage=lambda: FsUsage(used=0, avail=10**15))
+    config = Config.from_env({"S3CACHE_DIR": str(layout.root), "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "80"})
+    summary = run_pass(config, usage=lambda: FsUsage(used=95, avail=5))  # the disk above HIGH
     assert summary.evicted_files == 1
     assert not layout.object_path(ref).exists() and not any(mark.exists() for mark in marks)
     assert not orphan.exists() and not (layout.mark_dirs["octet"] / "bkt" / "gone").exists()

@@ -15,19 +15,18 @@ from hypothesis import given, settings, strategies as st
 
 from s3cache import objectlock, victims
 from s3cache.layout import ObjectRef
-from s3cache.ledger import CacheSize, fill_limit
+from s3cache.ledger import CacheSize
 from s3cache.usage import FsUsage
 from s3cache.victims import Victim, Victims
 from sidecar.fill import Filler
 from tests.test_admission_eviction import _CountingUpstream
 from tests.test_evictor import Cache, ns_ago
 
-CAP = 4700  # HIGH 90%: 4230 bytes; LOW 80%: 3760
-LIMIT = fill_limit(CAP, 90)
+CAP = 4700  # LOW 80%: 3760 bytes
 
 
 def four_objects(tmp_path) -> Cache:
-    """a, b, c, d (1000 bytes each, a the least recently used): 85% of CAP, between LOW and HIGH."""
+    """a, b, c, d (1000 bytes each, a the least recently used): 85% of CAP, above LOW."""
     cache = Cache(tmp_path / "cache")
     for i, k in enumerate("abcd"):
         cache.put(k, atime_ns=ns_ago(5 - i))
@@ -37,7 +36,7 @@ def four_objects(tmp_path) -> Cache:
 def filler(cache: Cache, body: bytes = b"n" * 1000, **kw) -> tuple[Filler, _CountingUpstream]:
     upstream = _CountingUpstream(body)
     return Filler(cache.layout, workers=1, timeout=10, max_object_bytes=None, upstream=upstream,
-                  cap=kw.pop("cap", LIMIT), **kw), upstream
+                  cap=kw.pop("cap", CAP), **kw), upstream
 
 
 def fill(f: Filler, key: str):
