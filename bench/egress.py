@@ -107,10 +107,11 @@ def run_mode(ctx: Context, origin, workload, capacity: int, mode: str, time_budg
              label: str = "", **env: str) -> dict:
     """One replay through a fresh stack.
 
-    S3CACHE_MAX_BYTES is enforced by passes every EVICT_INTERVAL, so between
-    passes the cache grows by whatever was filled meanwhile.  To measure the
-    policy at (about) the cap, misses are paced so that one interval's fills
-    stay within ``overshoot`` x the cap; the passes' ``bytes_before`` show how well that held.
+    Fills make room at S3CACHE_MAX_BYTES from the victims each pass (every
+    EVICT_INTERVAL) lists, a tenth of the cache; a fill finding none left is
+    refused until the next pass.  So that the policy, not that list running dry,
+    is what is measured, misses are paced so that one interval's fills stay
+    within ``overshoot`` x the cap; the passes' ``bytes_before`` show the cap held.
     """
     # The watermarks as shipped (the test stack's own are 100/99%, for deterministic tests): what users run.
     high, low = shipped_watermarks()

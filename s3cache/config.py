@@ -494,11 +494,12 @@ class Config:
         "Whether a Range request that misses fills the whole object (up to S3CACHE_MAX_OBJECT_BYTES).")
     evict_high: float = setting(
         "95", _percent,
-        "Start evicting when usage exceeds this percent; a fill that would cross it is not cached and "
-        "brings the next pass forward.")
+        "Start evicting when the disk's usage exceeds this percent; a fill that would cross it first "
+        "removes the listed next victims, else is not cached and brings the next pass forward.")
     evict_low: float = setting(
         "92", _percent,
-        "Evict until usage is below this percent.")
+        "Evict until usage is below this percent; from this percent of the disk or of "
+        "S3CACHE_MAX_BYTES on, each pass lists the next victims fills make room from.")
     evict_policy: str = setting(
         "adaptive", _choice("adaptive", "lfu", "lru"),
         "Which objects an eviction pass removes first: adaptive (lfu or lru, whichever miniature "
@@ -514,7 +515,8 @@ class Config:
         "Seconds between eviction passes.")
     max_bytes: int | None = setting(
         "", _optional_positive_int,
-        "Optional cap on the cache's own bytes (for a shared disk); empty: disk usage only.")
+        "Optional cap on the cache's own bytes (for a shared disk), filled whole: a fill that would "
+        "cross it removes the listed next victims first; empty: disk usage only.")
     admin_allow: tuple = setting(
         "127.0.0.0/8,::1/128", _cidrs,
         "Client addresses (CIDRs, comma-separated) allowed the status page, metrics, the objects API (list, "

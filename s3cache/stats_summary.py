@@ -125,7 +125,8 @@ def details(snap: dict) -> dict[str, str]:
         "usage": fmt_percent(disk["usage_percent"]),
         "disk_used": f"{fmt_bytes(disk['used_bytes'])} used, {fmt_bytes(disk['available_bytes'])} free "
                      f"({fmt_percent(disk['used_percent'])})",
-        "watermarks": f"HIGH {disk['high']:g}% / LOW {disk['low']:g}%",
+        "watermarks": f"HIGH {disk['high']:g}% / LOW {disk['low']:g}%"
+                      + (" (the cap is filled to 100%: fills make room at it)" if disk["max_bytes"] else ""),
         "cache_size": ("–" if disk["cache_bytes"] is None else
                        f"{fmt_bytes(disk['cache_bytes'])}{cap} in {fmt_count(disk['cache_files'])} files"),
         "cache_as_of": "no eviction pass yet" if disk["cache_as_of"] is None else
