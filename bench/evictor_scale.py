@@ -6,8 +6,11 @@ then times, each in a fresh process so peak RSS is its own:
 
   walk        bare os.scandir walk of objects/ (no stat): the floor for any walk
   walk+stat   the same with one stat per file: the least a pass that sums sizes can do
-  (a) idle    a real pass with nothing to evict (usage below HIGH)
-  (b) evict   a real pass that evicts ~10% (S3CACHE_MAX_BYTES set just so)
+  (a) idle    a real pass with nothing to evict (usage below LOW)
+  (c) list    a real pass between LOW and the cap: it evicts nothing but lists the
+              next victims fills make room from (a tenth of the cache), the
+              steady state of a cache that fills its S3CACHE_MAX_BYTES
+  (b) evict   a real pass that evicts ~10% (the cache just over S3CACHE_MAX_BYTES, LOW 90%)
 
     .venv/bin/python bench/evictor_scale.py [--files N] [--dir D] [--keep]
 
@@ -119,13 +122,16 @@ def main() -> int:
         print(f"  built in {time.monotonic() - t:.1f}s, {total} bytes (apparent)", flush=True)
 
         common = {"S3CACHE_DIR": cache, "S3CACHE_EVICT_INTERVAL": "60"}
-        # (a): a cap the cache is far below.  (b): usage 94.5% of the cap, LOW 85%: ~10% goes.
+        # (a): a cap the cache is far below.  (c): 94.5% of the cap, LOW 85%: lists, removes nothing.
+        # (b): just over the cap, LOW 90%: ~10% goes.  (c) before (b), which removes files.
         idle = {**common, "S3CACHE_MAX_BYTES": str(total * 2), "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "85"}
-        evict = {**common, "S3CACHE_MAX_BYTES": str(int(total / 0.945)),
-                 "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "85"}
+        listing = {**common, "S3CACHE_MAX_BYTES": str(int(total / 0.945)),
+                   "S3CACHE_EVICT_HIGH": "90", "S3CACHE_EVICT_LOW": "85"}
+        evict = {**common, "S3CACHE_MAX_BYTES": str(total - 1), "S3CACHE_EVICT_HIGH": "95", "S3CACHE_EVICT_LOW": "90"}
 
         results = {}
-        for name, env in (("walk", common), ("walk+stat", common), ("(a) idle", idle), ("(b) evict", evict)):
+        for name, env in (("walk", common), ("walk+stat", common), ("(a) idle", idle), ("(c) list", listing),
+                          ("(b) evict", evict)):
             results[name] = r = run_child(name if name.startswith("walk") else "pass", cache, env)
             print(f"{name:10} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:6.1f} MB"
                   + (f"  {r['line']}" if "line" in r else f"  ({r['files']} files)"), flush=True)

@@ -14,7 +14,7 @@ import sys
 from bench.common import ROOT, Context
 
 SCRIPT = ROOT / "bench" / "evictor_scale.py"
-LINE = re.compile(r"^(walk\+stat|walk|\(a\) idle|\(b\) evict)\s+([\d.]+) s\s+peak RSS\s+([\d.]+) MB(.*)$")
+LINE = re.compile(r"^(walk\+stat|walk|\(a\) idle|\(b\) evict|\(c\) list)\s+([\d.]+) s\s+peak RSS\s+([\d.]+) MB(.*)$")
 
 
 def run(ctx: Context) -> dict:

@@ -151,7 +151,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
         rows.append(("WSGI server comparison", "failed: see report", "", ""))
     ev = results.get("evictor_scale", {})
     if ev.get("phases"):
-        for name in ("(a) idle", "(b) evict"):
+        for name in ("(a) idle", "(c) list", "(b) evict"):
             p = ev["phases"].get(name)
             if p:
                 rows.append((f"Evictor pass over {ev['files']:,} files, {name[4:]}",
