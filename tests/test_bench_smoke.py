@@ -72,8 +72,7 @@ def test_policysim_lru_first_is_the_reference_lru_and_traces_are_seeded():
     w = traces.make("scan", 60, 900)
     assert w.trace == traces.make("scan", 60, 900).trace  # fixed seed: the same trace every run
     for capacity in (w.working_set_bytes // 10, w.working_set_bytes // 3):
-        high, low = policysim.shipped_watermarks()  # policysim's default: the evictor as shipped
-        ref = simulate_lru(w.trace, w.sizes, capacity, high=high, low=low)
+        ref = simulate_lru(w.trace, w.sizes, capacity)  # policysim's default: the cap filled whole, as s3cache runs it
         ours = policysim.simulate(w.trace, w.sizes, capacity, evict="lru", admit="first")
         assert (ours.hits, ours.miss_bytes) == (ref.hits, ref.origin_bytes)
         # redirect mode pays each filled miss twice; stream once
@@ -82,9 +81,10 @@ def test_policysim_lru_first_is_the_reference_lru_and_traces_are_seeded():
 
 def test_policysim_tinylfu_declines_one_off_objects_once_the_cache_has_evicted():
     from bench import policysim
-    # Unit sizes, capacity 4 (watermarks 100%/75%): a b c d e fills and evicts; then one-offs x y z are
-    # asked once each and must not displace a/b, which are asked for again and again.
+    # Unit sizes, capacity 4 (watermarks 100%/75%): a b c d e fills and evicts; the next pass (one after
+    # every request here) publishes what that removed as the boundary; then one-offs x y z are asked once
+    # each and must not displace a/b, which are asked for again and again.
     trace = [0, 1, 0, 1, 2, 3, 4, 0, 1, 5, 6, 7, 0, 1]
-    r = policysim.simulate(trace, [1] * 8, 4, evict="lfu", admit="tinylfu", high=1.0, low=0.75)
+    r = policysim.simulate(trace, [1] * 8, 4, evict="lfu", admit="tinylfu", high=1.0, low=0.75, pass_every=1)
     assert r.fills < r.misses
     assert r.hits >= 6  # a and b hit every time after their first miss
